@@ -1,0 +1,148 @@
+"""Distiller: student + frozen teacher(s) + weighted loss terms.
+
+    distiller = Distiller(student, teacher, {"ce": (CrossEntropy(), 0.1), "kd": (SoftTargetKD(4), 0.9)},
+                          example_inputs=images[:2])
+    outputs, losses = distiller(images, labels)   # losses["loss"] is the weighted sum
+    losses["loss"].backward()
+
+It works inside any training loop; ``hintdistill.engine`` is a convenience around it. Teachers are
+frozen (``requires_grad=False``) and forced back into eval mode on every call, so neither their weights
+nor their batch-norm statistics change, whatever the loop around them does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import HintDistillError
+from .taps import Outputs, Taps
+from .terms.base import Term
+
+
+@dataclass
+class Linear:
+    """A weight annealed linearly from ``start`` to ``end`` over ``epochs`` (FitNets: 4 → 1), then held."""
+
+    start: float
+    end: float
+    epochs: float
+
+    def __call__(self, epoch: float) -> float:
+        if self.epochs <= 0:
+            return self.end
+        frac = min(max(epoch / self.epochs, 0.0), 1.0)
+        return self.start + (self.end - self.start) * frac
+
+
+Weight = float | Linear
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Teacher mode: no gradients, eval mode (dropout off, batch-norm statistics fixed)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class Distiller(nn.Module):
+    """Student and teacher(s) run on the same batch; each term reads their Outputs; losses are summed."""
+
+    def __init__(self, student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | None,
+                 terms: dict[str, tuple[Term, Weight]], example_inputs: Any | None = None):
+        super().__init__()
+        if teachers is None:
+            teachers = []
+        elif isinstance(teachers, nn.Module):
+            teachers = [teachers]
+        if not terms:
+            raise HintDistillError("a Distiller needs at least one loss term")
+        self.student = student
+        self.teachers = nn.ModuleList([freeze(t) for t in teachers])
+        self.terms = nn.ModuleDict({name: term for name, (term, _) in terms.items()})
+        self.weights: dict[str, Weight] = {name: w for name, (_, w) in terms.items()}
+        self.epoch = 0.0
+        if any(t.uses_teacher for t in self.terms.values()) and not self.teachers:
+            raise HintDistillError("a term needs a teacher but no teacher was given")
+        self.student_taps = Taps(student, {n for t in self.terms.values() for n in t.student_taps()}, "student")
+        self.teacher_taps = [
+            Taps(t, {n for term in self.terms.values() for n in term.teacher_taps()}, f"teacher {i}")
+            for i, t in enumerate(self.teachers)
+        ]
+        self._ready = False
+        if example_inputs is not None:
+            self.setup(example_inputs)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        for t in self.teachers:
+            t.eval()
+        return self
+
+    @torch.no_grad()
+    def setup(self, example_inputs: Any) -> None:
+        """Dry-run one batch to probe shapes and build every term's adapter (before the optimizer)."""
+        was_training = self.student.training
+        self.student.eval()  # the probe must not move the student's batch-norm statistics
+        try:
+            student_out = self.student_taps.run(example_inputs)
+            teacher_outs = self.teacher_outputs(example_inputs)
+            for term in self.terms.values():
+                term.setup(student_out, teacher_outs)
+        finally:
+            self.student.train(was_training)
+        self._ready = True
+
+    def set_epoch(self, epoch: float) -> None:
+        """Progress in epochs (fractional allowed), for scheduled weights."""
+        self.epoch = epoch
+
+    def weight(self, name: str) -> float:
+        w = self.weights[name]
+        return float(w(self.epoch)) if callable(w) else float(w)
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """Student and adapter parameters that require gradients; teachers never appear here."""
+        params = list(self.student.parameters()) + list(self.terms.parameters())
+        return [p for p in params if p.requires_grad]
+
+    # -- forward -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_outputs(self, inputs: Any) -> list[Outputs]:
+        outs = []
+        for teacher, taps in zip(self.teachers, self.teacher_taps):
+            if teacher.training:  # a user's loop may have called .train() on everything
+                teacher.eval()
+            outs.append(taps.run(inputs))
+        return outs
+
+    def forward(self, inputs: Any, targets: Any = None,
+                teacher_outputs: list[Outputs] | None = None) -> tuple[Outputs, dict[str, torch.Tensor]]:
+        """Return the student's Outputs and the named losses; ``losses['loss']`` is the weighted sum.
+
+        ``teacher_outputs`` may be passed in (from a cache) to skip the teachers' forward.
+        """
+        if not self._ready:
+            raise HintDistillError(
+                "Distiller.setup(example_inputs) was not called: adapters are built from one dry-run "
+                "batch before the optimizer is created. Pass example_inputs= to the constructor."
+            )
+        needs_teacher = any(t.uses_teacher for t in self.terms.values())
+        if teacher_outputs is None:
+            teacher_outputs = self.teacher_outputs(inputs) if needs_teacher else []
+        student_out = self.student_taps.run(inputs)
+        losses: dict[str, torch.Tensor] = {}
+        total = None
+        for name, term in self.terms.items():
+            value = term(student_out, teacher_outputs, targets)
+            losses[name] = value.detach()
+            weighted = self.weight(name) * value
+            total = weighted if total is None else total + weighted
+        losses["loss"] = total
+        return student_out, losses

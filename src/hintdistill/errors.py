@@ -1,0 +1,31 @@
+"""Errors a user can act on: each message names the problem and the fix."""
+
+from __future__ import annotations
+
+
+class HintDistillError(Exception):
+    """Base class of every error raised for bad input (bad recipe, bad layer name, bad data)."""
+
+    exit_code = 1
+
+
+class ConfigError(HintDistillError):
+    """The recipe or a command-line option is invalid; raised before any training starts."""
+
+    exit_code = 2
+
+
+class DataError(HintDistillError):
+    """A data set is missing, incomplete or unreadable."""
+
+
+class ShapeError(HintDistillError):
+    """Teacher and student features or outputs cannot be compared as configured."""
+
+
+class CheckpointError(HintDistillError):
+    """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+class TrainingDiverged(HintDistillError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,66 @@
+"""Model registry: names like ``mlp``, ``cnn``, ``resnet20``, ``yolo`` or ``torchvision:resnet18``.
+
+A model is described by a *spec* ``{"name": ..., "args": {...}}``; checkpoints store the spec so a
+model can be rebuilt without the recipe.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make a model factory buildable by ``name`` from recipes and the CLI."""
+
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY) + ["torchvision:<name>"]
+
+
+def _load_builtin() -> None:
+    # Imported lazily so ``registry`` itself has no import cycles with the model files.
+    from . import classification  # noqa: F401
+
+    try:
+        from . import yolo  # noqa: F401
+    except ImportError:  # the detection family is optional while it is being built
+        pass
+
+
+def build_model(name: str, args: dict[str, Any] | None = None) -> nn.Module:
+    """Build a registered model, or any torchvision classification model as ``torchvision:<name>``."""
+    args = dict(args or {})
+    _load_builtin()
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        tv_name = name.split(":", 1)[1]
+        if tv_name not in torchvision.models.list_models(module=torchvision.models):
+            close = difflib.get_close_matches(tv_name, torchvision.models.list_models(module=torchvision.models))
+            raise ConfigError(f"torchvision has no classification model '{tv_name}'. Closest: {', '.join(close)}")
+        args.setdefault("weights", None)
+        return torchvision.models.get_model(tv_name, **args)
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.3)
+        raise ConfigError(
+            f"unknown model '{name}'. Closest: {', '.join(close) or '-'}; all: {', '.join(available())}"
+        )
+    try:
+        return _REGISTRY[name](**args)
+    except TypeError as e:
+        raise ConfigError(f"model '{name}' does not accept these arguments {args}: {e}") from e

@@ -1,0 +1,108 @@
+"""YOLOv4/v5 detection loss (the plain, teacher-free term):
+
+    L = λ_box · Σ_l mean_pos(1 − CIoU(b̂, b))
+      + λ_obj · Σ_l balance_l · mean_cells BCE(ô, IoU-target)
+      + λ_cls · Σ_l mean_pos Σ_c BCE(p̂_c, 1[c = y]) / C
+
+Positives come from ``assign.assign_targets`` (anchor shape ratio < 4, plus the two nearest neighbour
+cells); CIoU as in Zheng et al. 2020. The objectness target of a positive is its (detached, clamped ≥ 0)
+CIoU with its GT box, 0 everywhere else. ``balance`` weighs the stride-8/16/32 objectness losses
+(4.0, 1.0, 0.4), since small levels have many more cells. Defaults for λ are YOLOv5's (0.05, 1.0, 0.5);
+unlike YOLOv5 the total is not multiplied by the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DataError, ShapeError
+from ..taps import Outputs
+from ..terms.base import Term
+from .assign import LevelTargets, assign_targets
+from .boxes import box_params, ciou, xywh_to_xyxy
+
+
+def as_anchor_tensor(anchors: Any) -> torch.Tensor:
+    """9 (w, h) pixel pairs, a ``[3, 3, 2]`` tensor, or a model with an ``anchors`` buffer → ``[3, 3, 2]``."""
+    anchors = getattr(anchors, "anchors", anchors)
+    t = torch.as_tensor(anchors, dtype=torch.float32).detach().cpu()
+    if t.numel() != 18:
+        raise ShapeError(f"expected 9 anchors as (w, h) pixel pairs, 3 per level; got shape {tuple(t.shape)}")
+    return t.reshape(3, 3, 2).clone()
+
+
+def head_maps(outputs: Outputs, role: str = "student") -> list[torch.Tensor]:
+    """The raw per-level maps ``head:0, head:1, ...`` of one Outputs, each ``[B, A, H, W, 5+C]``."""
+    maps = []
+    while f"head:{len(maps)}" in outputs:
+        maps.append(outputs[f"head:{len(maps)}"])
+    if not maps or any(m.dim() != 5 for m in maps):
+        raise ShapeError(f"the {role} Outputs have no detector head maps 'head:i' shaped [B, A, H, W, 5+C] "
+                         f"(keys: {', '.join(outputs)}); use the 'yolo' model or a model returning such a list.")
+    return maps
+
+
+def predicted_boxes(raw: torch.Tensor, pos: LevelTargets, level_anchors: torch.Tensor, stride: float) -> torch.Tensor:
+    """xyxy pixel boxes that one level's raw map predicts at the positives ``pos``. ``[P, 4]``."""
+    p = box_params(raw[pos.batch, pos.anchor, pos.gj, pos.gi])
+    cell = torch.stack([pos.gi, pos.gj], 1).to(p.dtype)
+    xy = (p[:, :2] + cell) * stride
+    return xywh_to_xyxy(torch.cat([xy, p[:, 2:] * level_anchors[pos.anchor]], 1))
+
+
+class YoloLoss(Term):
+    """CIoU box + IoU-targeted BCE objectness + BCE class loss over ``head:i``; needs no teacher."""
+
+    uses_teacher = False
+
+    def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), box_weight: float = 0.05,
+                 obj_weight: float = 1.0, cls_weight: float = 0.5, balance: Sequence[float] = (4.0, 1.0, 0.4),
+                 anchor_t: float = 4.0):
+        super().__init__()
+        self.register_buffer("anchors", as_anchor_tensor(anchors))
+        self.strides = [float(s) for s in strides]
+        self.box_weight, self.obj_weight, self.cls_weight = box_weight, obj_weight, cls_weight
+        self.balance, self.anchor_t = list(balance), anchor_t
+        self.last: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def for_model(cls, model: nn.Module, **kwargs: Any) -> YoloLoss:
+        """A loss with the model's anchors and strides."""
+        return cls(model.anchors, [float(s) for s in model.strides], **kwargs)
+
+    def assign(self, maps: list[torch.Tensor], targets: list[dict]) -> list[LevelTargets]:
+        """GT positives per level for these maps."""
+        if len(maps) != len(self.strides):
+            raise ShapeError(f"{len(maps)} head maps but {len(self.strides)} strides; the loss expects one map "
+                             f"per stride {self.strides}")
+        return assign_targets(targets, self.anchors.to(maps[0].device), self.strides,
+                              [tuple(m.shape[2:4]) for m in maps], self.anchor_t)
+
+    def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> torch.Tensor:
+        maps = head_maps(student)
+        positives = self.assign(maps, targets)
+        zero = maps[0].sum() * 0
+        lbox, lobj, lcls = zero, zero, zero
+        for level, (raw, pos) in enumerate(zip(maps, positives, strict=True)):
+            raw = raw.float()
+            tobj = torch.zeros_like(raw[..., 4])
+            if len(pos):
+                anchors = self.anchors[level].to(raw.device)
+                iou = ciou(predicted_boxes(raw, pos, anchors, self.strides[level]), pos.boxes)
+                lbox = lbox + (1 - iou).mean()
+                tobj[pos.batch, pos.anchor, pos.gj, pos.gi] = iou.detach().clamp(min=0).to(tobj.dtype)
+                logits = raw[pos.batch, pos.anchor, pos.gj, pos.gi, 5:]
+                if int(pos.labels.max()) >= logits.shape[-1]:
+                    raise DataError(f"a target label is {int(pos.labels.max())} but the head predicts "
+                                    f"{logits.shape[-1]} classes: build the model with num_classes="
+                                    f"{int(pos.labels.max()) + 1} or more (labels are 0-based).")
+                lcls = lcls + F.binary_cross_entropy_with_logits(
+                    logits, F.one_hot(pos.labels, logits.shape[-1]).to(logits.dtype))
+            lobj = lobj + self.balance[level] * F.binary_cross_entropy_with_logits(raw[..., 4], tobj)
+        self.last = {"box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}
+        return self.box_weight * lbox + self.obj_weight * lobj + self.cls_weight * lcls

@@ -1,0 +1,245 @@
+"""Distillation terms for one-stage anchor-based detectors (raw head maps ``head:i`` = ``[B, A, H, W, 5+C]``,
+see ``hintdistill.detection.boxes``). Objective, as in Chen et al. 2017:
+``L = YoloLoss + ObjectnessScaledKD or ChenDetectionKD + γ · NeckHints`` with γ = 0.5 (the Distiller weights).
+
+**ObjectnessScaledKD** — Mehta & Ozturk 2018, "Object detection at 200 Frames Per Second":
+
+    f_obj^Comb = f_obj(o^gt, ô) + λ_D · f_obj(o^T, ô)
+    f_cl^Comb  = f_cl(p^gt, p̂)  + ô^T · λ_D · f_cl(p^T, p̂)
+    f_bb^Comb  = f_bb(b^gt, b̂)  + ô^T · λ_D · f_bb(b^T, b̂)          λ_D = 1
+
+The ground-truth parts are ``YoloLoss``; this term is the teacher parts, per level and summed over levels:
+λ_D · [ mean_cells KL(σ(o^T) ‖ σ(ô))  +  mean_cells σ(o^T) · mean_c KL(σ(p^T_c) ‖ σ(p̂_c))
+        +  mean_cells σ(o^T) · Σ_4 (β̂ − β^T)² ], with Bernoulli KLs and β = ``box_params`` (centre offset
+in cells, size in anchors). FM-NMS (on by default): in every 3×3 neighbourhood of cells, among the teacher's
+candidates (all anchors) whose arg-max class is the same, only the one with the highest objectness keeps
+it; the others get teacher objectness 0 (ties are all kept).
+
+**ChenDetectionKD** — Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge
+Distillation", adapted to a one-stage head. Per anchor and cell the class distribution is
+``P = [1 − σ(o/T), σ(o/T) · softmax(z/T)]`` over [background, class_1..C] (objectness is the
+background/foreground split), and
+
+    L_cls  = μ · L_hard + (1 − μ) · L_soft,     L_soft = −Σ_c w_c · P_t,c · log P_s,c,   w_0 = 1.5, w_c = 1
+    L_b    = ‖R_s − y‖²  if ‖R_s − y‖² + m > ‖R_t − y‖², else 0        (teacher-bounded regression)
+    L_reg  = L_box(R_s, y) + ν · L_b
+
+R and y are the box parameters (``box_params``) at the GT positives of ``assign_targets``. This term
+returns ``(1 − μ) · L_soft + ν · L_b``; μ · L_hard is YoloLoss's objectness and class part, so μ is the
+weight of the hard classification loss relative to the soft one: ``ChenDetectionKD.yolo_loss()`` gives
+the YoloLoss with its objectness and class weights multiplied by μ (its box loss untouched). L_soft is
+reported as Σ_c w_c P_t,c (log P_t,c − log P_s,c), the paper's cross-entropy minus a term that does not
+depend on the student: the gradients are the paper's and the value is 0 when student == teacher.
+
+**NeckHints** — Chen et al. 2017 hints (``‖V − Z‖₂²`` or ``‖V − Z‖₁`` through a 1×1 conv adaptation
+layer) on the neck levels, optionally masked by Wang et al. 2019's fine-grained imitation mask: per GT
+box the IoU with every anchor at every location of the level; locations where some anchor's IoU exceeds
+ψ · (that box's max IoU), ψ = 0.5; union over the boxes; the distance is averaged over the masked
+locations (and channels). The levels' losses are averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_iou
+
+from ..detection.assign import assign_targets, target_box_params
+from ..detection.boxes import box_params
+from ..detection.loss import YoloLoss, as_anchor_tensor, head_maps
+from ..errors import ConfigError, ShapeError
+from ..taps import Outputs, feature_key
+from .base import Term
+from .hints import HintLoss
+
+
+def _check_same_heads(student: Outputs, teacher: Outputs, term: str) -> tuple[list, list]:
+    s_maps, t_maps = head_maps(student), head_maps(teacher, "teacher")
+    s_shapes, t_shapes = [tuple(m.shape) for m in s_maps], [tuple(m.shape) for m in t_maps]
+    if s_shapes != t_shapes:
+        raise ShapeError(
+            f"{term} compares the raw head maps cell by cell, so teacher and student need the same levels, "
+            f"anchors and classes; student heads are {s_shapes}, teacher heads {t_shapes}. Build the student "
+            f"with the teacher's num_classes and anchors (anchors=teacher.anchors), or use NeckHints.")
+    return s_maps, t_maps
+
+
+def bernoulli_kl(student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(target ‖ σ(student_logits)) = BCE(student, target) − H(target)."""
+    entropy = -(torch.special.xlogy(target, target) + torch.special.xlogy(1 - target, 1 - target))
+    return F.binary_cross_entropy_with_logits(student_logits, target, reduction="none") - entropy
+
+
+def fm_nms(objectness: torch.Tensor, class_scores: torch.Tensor, kernel: int = 3) -> torch.Tensor:
+    """Feature-map NMS (Mehta & Ozturk 2018): ``objectness`` [B, A, H, W], ``class_scores`` [B, A, H, W, C] →
+    bool mask [B, A, H, W], True where the candidate has the highest objectness among all candidates of
+    its (arg-max) class in the ``kernel`` × ``kernel`` cell neighbourhood."""
+    labels = class_scores.argmax(-1)
+    one_hot = F.one_hot(labels, class_scores.shape[-1]).to(objectness.dtype)
+    per_class = (objectness.unsqueeze(-1) * one_hot).amax(1).permute(0, 3, 1, 2)  # [B, C, H, W]
+    neighbourhood = F.max_pool2d(per_class, kernel, stride=1, padding=kernel // 2).permute(0, 2, 3, 1)
+    best = neighbourhood.unsqueeze(1).expand(*one_hot.shape).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return objectness >= best
+
+
+class ObjectnessScaledKD(Term):
+    """Mehta & Ozturk 2018: teacher objectness as target, teacher class and box weighted by it."""
+
+    def __init__(self, lambda_d: float = 1.0, fm_nms: bool = True, teacher_index: int = 0):
+        super().__init__()
+        self.lambda_d, self.fm_nms, self.teacher_index = lambda_d, fm_nms, teacher_index
+
+    def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
+        _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
+
+    def forward(self, student: Outputs, teachers: list[Outputs], targets: Any = None) -> torch.Tensor:
+        s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
+        total = s_maps[0].sum() * 0
+        for s, t in zip(s_maps, t_maps, strict=True):
+            s, t = s.float(), t.detach().float()
+            t_obj = t[..., 4].sigmoid()
+            if self.fm_nms:
+                t_obj = t_obj * fm_nms(t_obj, t[..., 5:].sigmoid())
+            obj = bernoulli_kl(s[..., 4], t_obj).mean()
+            cls = (t_obj * bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)).mean()
+            box = (t_obj * ((box_params(s) - box_params(t)) ** 2).sum(-1)).mean()
+            total = total + obj + cls + box
+        return self.lambda_d * total
+
+
+def log_class_distribution(raw: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log [1 − σ(o/T), σ(o/T) · softmax(z/T)]`` over [background, classes] → ``[..., C+1]``."""
+    obj = raw[..., 4:5] / temperature
+    return torch.cat([F.logsigmoid(-obj), F.logsigmoid(obj) + F.log_softmax(raw[..., 5:] / temperature, -1)], -1)
+
+
+class ChenDetectionKD(Term):
+    """Chen et al. 2017 on a one-stage head: weighted soft class loss and teacher-bounded regression."""
+
+    def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), mu: float = 0.5,
+                 temperature: float = 1.0, background_weight: float = 1.5, margin: float = 0.0, nu: float = 0.5,
+                 anchor_t: float = 4.0, teacher_index: int = 0):
+        super().__init__()
+        if not 0.0 <= mu <= 1.0:
+            raise ConfigError(f"ChenDetectionKD mu={mu}: mu is the hard-loss share and must be in [0, 1]")
+        self.register_buffer("anchors", as_anchor_tensor(anchors))
+        self.strides = [float(s) for s in strides]
+        self.mu, self.temperature, self.background_weight = mu, temperature, background_weight
+        self.margin, self.nu, self.anchor_t, self.teacher_index = margin, nu, anchor_t, teacher_index
+
+    def yolo_loss(self, **kwargs: Any) -> YoloLoss:
+        """The hard part μ · L_hard: a YoloLoss with objectness and class weights scaled by μ."""
+        kwargs["obj_weight"] = self.mu * kwargs.get("obj_weight", 1.0)
+        kwargs["cls_weight"] = self.mu * kwargs.get("cls_weight", 0.5)
+        return YoloLoss(self.anchors, self.strides, anchor_t=self.anchor_t, **kwargs)
+
+    def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
+        _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
+
+    def soft_loss(self, s_maps: list[torch.Tensor], t_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Σ_c w_c P_t,c (log P_t,c − log P_s,c), averaged over every anchor of every cell and level."""
+        per_cell = []
+        for s, t in zip(s_maps, t_maps, strict=True):
+            log_ps = log_class_distribution(s.float(), self.temperature)
+            log_pt = log_class_distribution(t.detach().float(), self.temperature)
+            weights = torch.ones(log_ps.shape[-1], device=s.device)
+            weights[0] = self.background_weight
+            per_cell.append((weights * log_pt.exp() * (log_pt - log_ps)).sum(-1).flatten())
+        return torch.cat(per_cell).mean()
+
+    def bounded_regression(self, s_maps: list[torch.Tensor], t_maps: list[torch.Tensor], targets: list[dict]):
+        """L_b averaged over the GT positives (0 without positives)."""
+        anchors = self.anchors.to(s_maps[0].device)
+        positives = assign_targets(targets, anchors, self.strides, [tuple(m.shape[2:4]) for m in s_maps],
+                                   self.anchor_t)
+        losses = []
+        for level, (s, t, pos) in enumerate(zip(s_maps, t_maps, positives, strict=True)):
+            if not len(pos):
+                continue
+            y = target_box_params(pos, anchors[level], self.strides[level])
+            d_s = ((box_params(s[pos.batch, pos.anchor, pos.gj, pos.gi].float()) - y) ** 2).sum(-1)
+            d_t = ((box_params(t[pos.batch, pos.anchor, pos.gj, pos.gi].detach().float()) - y) ** 2).sum(-1)
+            losses.append(d_s * (d_s + self.margin > d_t))
+        return torch.cat(losses).mean() if losses else s_maps[0].sum() * 0
+
+    def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> torch.Tensor:
+        s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
+        return ((1 - self.mu) * self.soft_loss(s_maps, t_maps)
+                + self.nu * self.bounded_regression(s_maps, t_maps, targets))
+
+
+def imitation_mask(boxes: Sequence[torch.Tensor], anchors: torch.Tensor, stride: float, grid: tuple[int, int],
+                   psi: float = 0.5) -> torch.Tensor:
+    """Wang et al. 2019's fine-grained imitation mask ``[B, 1, H, W]`` for one level: ``boxes`` one
+    ``[N, 4]`` xyxy pixel tensor per image, ``anchors`` ``[A, 2]`` pixels centred on each cell centre."""
+    h, w = grid
+    device = anchors.device
+    jj, ii = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    centres = (torch.stack([ii, jj], -1).float() + 0.5) * stride  # [H, W, 2]
+    half = anchors.float().view(1, 1, -1, 2) / 2
+    anchor_boxes = torch.cat([centres.unsqueeze(2) - half, centres.unsqueeze(2) + half], -1).view(-1, 4)
+    masks = []
+    for gt in boxes:
+        gt = torch.as_tensor(gt, dtype=torch.float32, device=device).reshape(-1, 4)
+        if not len(gt):
+            masks.append(torch.zeros(h, w, device=device))
+            continue
+        iou = box_iou(gt, anchor_boxes)  # [N, H*W*A]
+        hit = (iou > psi * iou.amax(1, keepdim=True)) & (iou > 0)
+        masks.append(hit.view(len(gt), h, w, -1).any(-1).any(0).float())
+    return torch.stack(masks).unsqueeze(1)
+
+
+class NeckHints(Term):
+    """Hints on neck levels (e.g. ``neck.p3/p4/p5``) through adaptation layers, optionally imitation-masked.
+
+    ``levels``: ``(teacher_layer, student_layer)`` pairs in stride order (8, 16, 32); with
+    ``imitation_mask`` the i-th pair uses ``anchors[i]`` and ``strides[i]``."""
+
+    def __init__(self, levels: Sequence[tuple[str, str]], distance: str = "l2", adapter: str = "conv1x1",
+                 imitation_mask: bool = False, psi: float = 0.5, anchors: Any = None,
+                 strides: Sequence[float] = (8, 16, 32), teacher_index: int = 0):
+        super().__init__()
+        if not levels:
+            raise ConfigError("NeckHints needs at least one (teacher_layer, student_layer) pair, e.g. "
+                              "[('neck.p3', 'neck.p3'), ('neck.p4', 'neck.p4'), ('neck.p5', 'neck.p5')]")
+        if imitation_mask and anchors is None:
+            raise ConfigError("NeckHints(imitation_mask=True) needs the anchors (anchors=teacher.anchors): the "
+                              "mask is built from the IoU of the GT boxes with the anchors")
+        self.levels = [tuple(pair) for pair in levels]
+        self.hints = nn.ModuleList(HintLoss(hint=t, guided=s, adapter=adapter, distance=distance,
+                                            teacher_index=teacher_index) for t, s in self.levels)
+        self.use_mask, self.psi = imitation_mask, psi
+        self.strides = [float(s) for s in strides]
+        if anchors is not None:
+            self.register_buffer("anchors", as_anchor_tensor(anchors))
+        else:
+            self.anchors = None
+
+    def student_taps(self) -> list[str]:
+        return [s for _, s in self.levels]
+
+    def teacher_taps(self) -> list[str]:
+        return [t for t, _ in self.levels]
+
+    def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
+        for (t, s), hint in zip(self.levels, self.hints, strict=True):
+            try:
+                hint.setup(student, teachers)
+            except ShapeError as e:
+                raise ShapeError(f"NeckHints level ({t} ← {s}): {e}") from e
+
+    def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict] | None = None) -> torch.Tensor:
+        losses = []
+        for level, hint in enumerate(self.hints):
+            mask = None
+            if self.use_mask:
+                grid = tuple(teachers[hint.teacher_index][feature_key(hint.hint)].shape[2:4])
+                mask = imitation_mask([t["boxes"] for t in targets], self.anchors[level], self.strides[level],
+                                      grid, self.psi)
+            losses.append(hint(student, teachers, targets, mask=mask))
+        return torch.stack(losses).mean()

@@ -12,6 +12,9 @@ from hintdistill.data.voc import CocoDetection, VOCDetection, detection_collate
 from hintdistill.detection.anchors import kmeans_anchors
 from hintdistill.errors import DataError
 
+# tiny tensors: more threads than one only fight the other jobs on a 2-core machine
+torch.set_num_threads(1)
+
 BCCD = Path(__file__).resolve().parents[2] / "shared/data/bccd"
 
 

@@ -116,7 +116,7 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def teacher_outputs(self, inputs: Any) -> list[Outputs]:
         outs = []
-        for teacher, taps in zip(self.teachers, self.teacher_taps):
+        for teacher, taps in zip(self.teachers, self.teacher_taps, strict=True):
             if teacher.training:  # a user's loop may have called .train() on everything
                 teacher.eval()
             outs.append(taps.run(inputs))

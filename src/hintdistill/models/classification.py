@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .registry import register
 
@@ -62,17 +62,18 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """Stages of ``depth`` 3x3 conv-BN-ReLU blocks; every stage but the first halves the resolution.
 
+    ``first_stride: 2`` halves the input at once (a cheap stem for CPU runs).
     ``widths`` sets the channels of each stage (``features.stage1`` ...); a global average pool and a
     linear classifier follow. Wide-and-shallow teachers and thin-and-deep students are one family.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128),
-                 depth: int = 1, dropout: float = 0.0):
+                 depth: int = 1, dropout: float = 0.0, first_stride: int = 1):
         super().__init__()
         stages: dict[str, nn.Module] = {}
         c = in_channels
         for i, w in enumerate(widths, start=1):
-            blocks = [conv_bn(c, w, stride=1 if i == 1 else 2)]
+            blocks = [conv_bn(c, w, stride=first_stride if i == 1 else 2)]
             blocks += [conv_bn(w, w) for _ in range(depth - 1)]
             stages[f"stage{i}"] = nn.Sequential(*blocks)
             c = w
@@ -121,7 +122,7 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         c = widths[0]
-        for i, (w, stride) in enumerate(zip(widths[1:], (1, 2, 2)), start=1):
+        for i, (w, stride) in enumerate(zip(widths[1:], (1, 2, 2), strict=False), start=1):
             blocks = []
             for j in range(n):
                 blocks.append(BasicBlock(c, w, stride if j == 0 else 1))

@@ -1,0 +1,138 @@
+"""From a validated recipe to objects: models, loss terms, data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import config as C
+from .distiller import Linear
+from .errors import ConfigError
+from .models import build_model
+from .terms import CrossEntropy, HintLoss, SoftTargetKD, Term
+
+
+def build_weight(w: C.Weight):
+    return Linear(w.start, w.end, w.epochs) if isinstance(w, C.LinearWeight) else float(w)
+
+
+def build_term(cfg: Any, context: dict | None = None) -> Term:
+    """One loss term from its recipe entry; ``context`` carries task facts (e.g. a detector's anchors)."""
+    if cfg.type == "ce":
+        return CrossEntropy(cfg.label_smoothing)
+    if cfg.type == "kd":
+        return SoftTargetKD(cfg.temperature)
+    if cfg.type == "hint":
+        return HintLoss(cfg.hint, cfg.guided, cfg.adapter, cfg.distance, cfg.resize, cfg.reduction,
+                        cfg.adapter_activation, cfg.teacher_index)
+    from .detection.build import build_detection_term  # detection terms need the detector's pieces
+
+    return build_detection_term(cfg, context or {})
+
+
+def build_terms(cfgs: list, context: dict | None = None) -> dict[str, tuple[Term, Any]]:
+    """Named terms with their weights; a second term of the same type is named ``kd_1``, ``hint_1``..."""
+    out: dict[str, tuple[Term, Any]] = {}
+    for cfg in cfgs:
+        name = cfg.type
+        i = 1
+        while name in out:
+            name = f"{cfg.type}_{i}"
+            i += 1
+        out[name] = (build_term(cfg, context), build_weight(cfg.weight))
+    return out
+
+
+def model_spec(cfg: C.ModelConfig, defaults: dict) -> dict:
+    args = {**defaults, **cfg.args}
+    return {"name": cfg.name, "args": args}
+
+
+def instantiate(spec: dict) -> nn.Module:
+    try:
+        return build_model(spec["name"], spec["args"])
+    except TypeError as e:
+        raise ConfigError(f"model '{spec['name']}' cannot be built with args {spec['args']}: {e}") from e
+
+
+@dataclass
+class TaskData:
+    """What the engine needs of a task's data, independent of classification or detection."""
+
+    kind: str
+    train_loader: Any  # callable(batch_size, augment, seed, rank, world) -> iterable with set_epoch
+    test_loader: Any
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str] = field(default_factory=list)
+    primary_metric: str = "accuracy"
+    model_defaults: dict = field(default_factory=dict)
+    context: dict = field(default_factory=dict)
+
+    def example_batch(self, n: int = 8):
+        loader = self.train_loader(n, [], 0, 0, 1)
+        return next(iter(loader))
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        if self.kind == "classification":
+            from .metrics import evaluate_classifier
+
+            return evaluate_classifier(model, self.test_loader, device)
+        from .detection.evaluate import evaluate_detector
+
+        return evaluate_detector(model, self.test_loader, device)
+
+
+def build_classification_data(recipe: C.Recipe) -> TaskData:
+    from .data.classification import STATS, TensorLoader, image_folder_loader, load_tensors
+
+    d = recipe.data
+    if d.name == "image_folder":
+        if not d.data_dir:
+            raise ConfigError("data.data_dir must name the image folder (one sub-folder per class)")
+        root = d.data_dir.rstrip("/")
+        _, classes = image_folder_loader(f"{root}/train", 1, False, d.image_size, 0, workers=0)
+        test, _ = image_folder_loader(f"{root}/test", recipe.eval_batch_size, False, d.image_size, 0,
+                                      workers=d.workers)
+
+        def train_loader(bs, augment, seed, rank, world):
+            loader, _ = image_folder_loader(f"{root}/train", bs, True, d.image_size, seed, rank, world, d.workers)
+            loader.set_epoch = getattr(loader.sampler, "set_epoch", lambda e: None)
+            return loader
+
+        n = len(classes)
+        return TaskData("classification", train_loader, test, n, (3, d.image_size, d.image_size), classes,
+                        model_defaults={"num_classes": n})
+    if d.name not in STATS:
+        raise ConfigError(f"data.name '{d.name}' is a detection data set; set task: detection")
+    x_train, y_train = load_tensors(d.name, "train", d.data_dir, d.download)
+    x_test, y_test = load_tensors(d.name, "test", d.data_dir, d.download)
+    if d.train_subset:
+        x_train, y_train = x_train[: d.train_subset], y_train[: d.train_subset]
+    if d.test_subset:
+        x_test, y_test = x_test[: d.test_subset], y_test[: d.test_subset]
+    mean, std = STATS[d.name]
+    num_classes = 100 if d.name == "cifar100" else 10
+    test = TensorLoader(x_test, y_test, recipe.eval_batch_size, mean, std)
+
+    def train_loader(bs, augment, seed, rank, world):
+        return TensorLoader(x_train, y_train, bs, mean, std, shuffle=True, augment=list(augment), seed=seed,
+                            rank=rank, world=world)
+
+    from .data.classification import CLASS_NAMES
+
+    shape = tuple(x_train.shape[1:])
+    defaults = {"num_classes": num_classes}
+    return TaskData("classification", train_loader, test, num_classes, shape, CLASS_NAMES.get(d.name, []),
+                    model_defaults=defaults, context={"in_channels": shape[0]})
+
+
+def build_data(recipe: C.Recipe) -> TaskData:
+    if recipe.task == "classification":
+        return build_classification_data(recipe)
+    from .detection.build import build_detection_data
+
+    return build_detection_data(recipe)

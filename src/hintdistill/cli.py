@@ -1,0 +1,141 @@
+"""Command line: ``hintdistill run | inspect | eval | viz | models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ConfigError, HintDistillError
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+        assert shape and all(v > 0 for v in shape)
+        return shape
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--input-shape expects positive integers like 1,28,28 (C,H,W), got '{text}'") from None
+
+
+def load_any_model(ref: str, args_json: str | None):
+    """A registry name (with --args JSON) or a model.pt written by hintdistill."""
+    from .engine.checkpoint import load_model
+    from .models import build_model
+
+    if ref.endswith((".pt", ".pth")):
+        return load_model(ref)[0]
+    try:
+        args = json.loads(args_json) if args_json else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--args must be a JSON object, e.g. '{{\"widths\": [16, 32]}}': {e}") from None
+    return build_model(ref, args)
+
+
+def cmd_run(a) -> int:
+    from .config import load_recipe
+    from .engine.pipeline import run_recipe
+
+    recipe = load_recipe(a.recipe, a.set)
+    if a.output_dir:
+        recipe.output_dir = a.output_dir
+    run_recipe(recipe)
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from .inspect_model import module_shapes, suggest_pairs
+
+    shape = parse_shape(a.input_shape)
+    model = load_any_model(a.model, a.args)
+    rows = module_shapes(model, shape)
+    width = max((len(r[0]) for r in rows), default=10)
+    print(f"{'module':<{width}}  {'type':<20} {'output shape':<22} params")
+    for name, kind, out, n in rows:
+        print(f"{name:<{width}}  {kind:<20} {str(list(out)):<22} {n}")
+    print(f"total parameters: {sum(p.numel() for p in model.parameters())}")
+    if a.student:
+        student = load_any_model(a.student, a.student_args)
+        pairs = suggest_pairs(rows, module_shapes(student, shape))
+        print("\nsuggested hint (teacher) -> guided (student) pairs, equal spatial size:")
+        for hint, guided, adapter in pairs or []:
+            print(f"  hint: {hint:<30} guided: {guided:<30} adapter: {adapter}")
+        if not pairs:
+            print("  none with equal spatial size; use adapter: regressor or resize: interpolate")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .build import build_data
+    from .config import load_recipe
+    from .engine.checkpoint import load_model
+    from .engine.distributed import init_distributed
+
+    recipe = load_recipe(a.recipe, a.set)
+    _, device = init_distributed(recipe.device)
+    data = build_data(recipe)
+    model, _ = load_model(a.checkpoint)
+    print(json.dumps(data.evaluate(model.to(device), device), indent=2))
+    return 0
+
+
+def cmd_models(a) -> int:
+    from .models import available
+
+    print("\n".join(available()))
+    return 0
+
+
+def cmd_viz(a) -> int:
+    from .viz import viz_command
+
+    return viz_command(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hintdistill", description="Knowledge distillation and hint learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train teacher, baseline and distilled student from a recipe")
+    r.add_argument("recipe")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    r.add_argument("--output-dir", help="run folder (default runs/<recipe name>)")
+    r.set_defaults(func=cmd_run)
+    i = sub.add_parser("inspect", help="list a model's modules with output shapes; suggest hint pairs")
+    i.add_argument("model", help="registry name (see `hintdistill models`) or a model.pt")
+    i.add_argument("--input-shape", required=True, help="C,H,W e.g. 1,28,28")
+    i.add_argument("--args", help="model arguments as JSON")
+    i.add_argument("--student", help="a second model: suggest hint/guided pairs")
+    i.add_argument("--student-args", help="student arguments as JSON")
+    i.set_defaults(func=cmd_inspect)
+    e = sub.add_parser("eval", help="evaluate a model.pt on a recipe's test data")
+    e.add_argument("recipe")
+    e.add_argument("checkpoint")
+    e.add_argument("--set", action="append", default=[])
+    e.set_defaults(func=cmd_eval)
+    m = sub.add_parser("models", help="list model names")
+    m.set_defaults(func=cmd_models)
+    v = sub.add_parser("viz", help="feature-map figures and detection overlays for a run")
+    v.add_argument("run", help="a run folder written by `hintdistill run`")
+    v.add_argument("--image", required=True)
+    v.add_argument("--layers", nargs="*", help="hint=guided pairs or tapped layer names")
+    v.add_argument("--input-size", type=int, help="resize the image to this square size")
+    v.add_argument("--out", help="output folder (default RUN/figures)")
+    v.set_defaults(func=cmd_viz)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HintDistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: the last finished epoch's checkpoint is kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

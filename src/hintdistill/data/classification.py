@@ -1,0 +1,241 @@
+"""Classification data: MNIST, Fashion-MNIST, CIFAR-10/100 held in memory, and ImageFolder.
+
+The small benchmark sets are kept as uint8 tensors and batched by ``TensorLoader``, which is many
+times faster than a per-image DataLoader on a few CPU cores. Files are looked for locally first:
+the recipe's ``data_dir``, ``$HINTDISTILL_DATA``, ``~/.cache/hintdistill``, and for Fashion-MNIST the
+folder Debian's ``dataset-fashion-mnist`` package installs to. IDX files are read gzipped or not.
+Downloads (through torchvision) happen only where ``download: true`` and the network allow.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+
+DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
+TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+STATS = {  # per-channel mean / std of the training images
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+CLASS_NAMES = {
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                      "Bag", "Ankle boot"],
+    "mnist": [str(i) for i in range(10)],
+}
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (gzipped or not) into a uint8 tensor; corrupt files raise DataError."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError(f"bad magic number {raw[:4].hex()} (expected an unsigned-byte IDX file)")
+        dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        expected = 4 + 4 * ndim + int(torch.tensor(dims).prod())
+        if len(raw) != expected:
+            raise ValueError(f"file has {len(raw)} bytes but its header announces {expected}")
+        return torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8).reshape(dims)
+    except (OSError, EOFError, ValueError, struct.error) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}. Delete it and let hintdistill find or download a "
+                        f"fresh copy (or reinstall the dataset package).") from e
+
+
+def search_dirs(name: str, data_dir: str | None) -> list[Path]:
+    dirs = []
+    if data_dir:
+        dirs.append(Path(data_dir).expanduser())
+    if os.environ.get("HINTDISTILL_DATA"):
+        dirs.append(Path(os.environ["HINTDISTILL_DATA"]).expanduser())
+    dirs.append(Path("~/.cache/hintdistill").expanduser())
+    if name in DEBIAN_DIRS:
+        dirs.append(Path(DEBIAN_DIRS[name]))
+    out = []
+    for d in dirs:
+        out += [d, d / name, d / TORCHVISION_NAMES.get(name, name) / "raw"]
+    return out
+
+
+def find_idx(name: str, split: str, data_dir: str | None) -> tuple[Path, Path] | None:
+    for d in search_dirs(name, data_dir):
+        found = []
+        for stem in IDX_FILES[split]:
+            hit = next((d / (stem + ext) for ext in ("", ".gz") if (d / (stem + ext)).is_file()), None)
+            found.append(hit)
+        if all(found):
+            return found[0], found[1]
+    return None
+
+
+def load_idx_dataset(name: str, split: str, data_dir: str | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 [N,1,28,28] and labels int64 [N] of MNIST or Fashion-MNIST."""
+    paths = find_idx(name, split, data_dir)
+    if paths is None and download:
+        import torchvision
+
+        root = Path(data_dir or os.environ.get("HINTDISTILL_DATA") or "~/.cache/hintdistill").expanduser()
+        cls = getattr(torchvision.datasets, TORCHVISION_NAMES[name])
+        try:
+            cls(str(root), train=split == "train", download=True)
+        except Exception as e:  # network errors come in many types
+            raise DataError(f"{name} was not found locally and the download failed ({e}). {where(name, data_dir)}") from e
+        paths = find_idx(name, split, str(root))
+    if paths is None:
+        raise DataError(f"{name} ({split}) was not found. {where(name, data_dir)}")
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise DataError(f"{paths[0]} and {paths[1]} do not match: {tuple(images.shape)} images, "
+                        f"{tuple(labels.shape)} labels")
+    return images.unsqueeze(1), labels.long()
+
+
+def where(name: str, data_dir: str | None) -> str:
+    looked = ", ".join(str(d) for d in search_dirs(name, data_dir)[::3])
+    fix = "apt-get install dataset-fashion-mnist, or " if name == "fashion_mnist" else ""
+    return (f"Looked in: {looked}. Fix: {fix}put the four IDX files (gzipped or not) in a folder and set "
+            f"data.data_dir (or $HINTDISTILL_DATA), or set data.download: true where the network allows.")
+
+
+def load_cifar(name: str, split: str, data_dir: str | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    errors = []
+    for root in search_dirs(name, data_dir)[::3]:
+        try:
+            ds = cls(str(root), train=split == "train", download=False)
+            return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+        except RuntimeError as e:
+            errors.append(str(e))
+    if download:
+        root = Path(data_dir or "~/.cache/hintdistill").expanduser()
+        try:
+            ds = cls(str(root), train=split == "train", download=True)
+        except Exception as e:
+            raise DataError(f"{name} was not found locally and the download failed ({e}); set data.data_dir.") from e
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+    raise DataError(f"{name} ({split}) was not found ({errors[-1] if errors else ''}). Set data.data_dir to a "
+                    f"folder holding torchvision's cifar-*-batches-py, or data.download: true.")
+
+
+def jitter(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``pixels`` in x and y (zero fill): Hinton et al.'s teacher jitter."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pixels,) * 4)
+    dx = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(n, images.shape[1], h, w + 2 * pixels)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, images.shape[1], h, w)
+    return out.gather(3, cols)
+
+
+def hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    images = images.clone()
+    images[flip] = images[flip].flip(-1)
+    return images
+
+
+@dataclass
+class TensorLoader:
+    """Batches of normalized float images and int64 labels from in-memory uint8 tensors.
+
+    ``augment`` may hold ``jitter`` (shifts up to ``jitter_pixels``), ``hflip`` and ``crop`` (pad 4 +
+    random crop, the CIFAR standard). Shuffling uses its own generator seeded per epoch, so runs are
+    reproducible; under DDP each rank takes every ``world``-th example.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    shuffle: bool = False
+    augment: list[str] = field(default_factory=list)
+    jitter_pixels: int = 2
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+    epoch: int = 0
+
+    def __post_init__(self):
+        self._mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.std).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return -(-self.num_examples // self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return len(range(self.rank, len(self.labels), self.world))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255.0 - self._mean) / self._std
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.labels), generator=g) if self.shuffle else torch.arange(len(self.labels))
+        order = order[self.rank :: self.world]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.normalize(self.images[idx])
+            if "jitter" in self.augment:
+                x = jitter(x, self.jitter_pixels, g)
+            if "crop" in self.augment:
+                x = jitter(x, 4, g)
+            if "hflip" in self.augment:
+                x = hflip(x, g)
+            yield x, self.labels[idx]
+
+
+def load_tensors(name: str, split: str, data_dir: str | None = None, download: bool = False):
+    """(images uint8 [N,C,H,W], labels int64 [N]) of a built-in data set."""
+    if name in ("mnist", "fashion_mnist"):
+        return load_idx_dataset(name, split, data_dir, download)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, split, data_dir, download)
+    raise DataError(f"unknown built-in data set '{name}'")
+
+
+def image_folder_loader(root: str, batch_size: int, train: bool, image_size: int, seed: int,
+                        rank: int = 0, world: int = 1, workers: int = 2):
+    """A DataLoader over a torchvision ImageFolder (one sub-folder per class) for users' own data."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    if not Path(root).is_dir():
+        raise DataError(f"image folder {root} does not exist; it must hold one sub-folder of images per class")
+    ops = [v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)]
+    if train:
+        ops += [v2.RandomHorizontalFlip()]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    ds = torchvision.datasets.ImageFolder(root, transform=v2.Compose(ops))
+    sampler = None
+    if world > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(ds, world, rank, shuffle=train, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size, shuffle=train and sampler is None, sampler=sampler,
+                                         num_workers=workers, generator=g)
+    return loader, ds.classes

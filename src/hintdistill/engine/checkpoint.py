@@ -1,0 +1,85 @@
+"""Checkpoints: written atomically (temp file + rename), read with ``weights_only=True``.
+
+Two kinds per phase folder:
+- ``checkpoint.pt``: everything needed to resume (student, adapters, optimizer, scheduler, RNG, position);
+- ``model.pt``: the student alone, ready to deploy: ``{"spec": {"name", "args"}, "state_dict": ...}``,
+  with no adapter and no teacher inside.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """Save so that a crash (even kill -9) leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def safe_load(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` with an error that names the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unsupported-global errors all land here
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). It may be "
+            f"truncated or not a hintdistill/PyTorch checkpoint: delete it to retrain, or point to another file."
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def save_model(model: nn.Module, spec: dict, path: str | Path, extra: dict | None = None) -> None:
+    """Write the deployable model file: its spec (to rebuild it) and its weights only."""
+    atomic_save({"spec": spec, "state_dict": unwrap(model).state_dict(), **(extra or {})}, path)
+
+
+def load_state(model: nn.Module, state_dict: dict, source: str) -> None:
+    try:
+        unwrap(model).load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"the weights in {source} do not fit the model ({str(e).splitlines()[0][:300]}). Check that the "
+            f"recipe's model name and args match the ones the checkpoint was trained with."
+        ) from None
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model from a ``model.pt`` (or resume ``checkpoint.pt``) and load its weights."""
+    from ..models import build_model
+
+    ckpt = safe_load(path)
+    if "spec" not in ckpt:
+        raise CheckpointError(f"{path} has no model spec; pass a model.pt written by hintdistill")
+    spec = ckpt["spec"]
+    model = build_model(spec["name"], spec.get("args", {}))
+    load_state(model, ckpt["state_dict"] if "state_dict" in ckpt else ckpt["student"], str(path))
+    return model, ckpt
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model

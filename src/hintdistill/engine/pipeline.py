@@ -1,0 +1,143 @@
+"""The whole recipe: train (or load) the teacher(s), train the baseline student, distill, summarize."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..build import TaskData, build_data, instantiate, model_spec
+from ..config import Recipe
+from ..metrics import count_params, cpu_latency_ms, gflops
+from .checkpoint import load_state, safe_load
+from .distributed import Dist, barrier, cleanup, init_distributed
+from .loop import Phase, as_stage, train_phase
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_teacher_weights(model: torch.nn.Module, path: str) -> None:
+    ckpt = safe_load(path)
+    state = ckpt.get("state_dict", ckpt.get("student", ckpt))
+    load_state(model, state, path)
+
+
+def run_recipe(recipe: Recipe, log=print) -> dict:
+    """Run every phase of a recipe; returns the summary (also written as summary.md / summary.json)."""
+    d, device = init_distributed(recipe.device)
+    try:
+        return _run(recipe, d, device, log)
+    finally:
+        cleanup(d)
+
+
+def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
+    run_dir = recipe.run_dir()
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        log(f"run folder: {run_dir}  device: {device}  processes: {d.world}")
+    data = build_data(recipe)
+    rows = []
+
+    teachers = []
+    for i, tcfg in enumerate(recipe.teachers):
+        name = "teacher" if len(recipe.teachers) == 1 else f"teacher_{i}"
+        spec = model_spec(tcfg, data.model_defaults)
+        seed_everything(recipe.seed + 1000 * (i + 1))
+        model = instantiate(spec)
+        if tcfg.checkpoint:
+            load_teacher_weights(model, tcfg.checkpoint)
+            model.to(device)
+            result = {**data.evaluate(model, device), "train_s": 0.0}
+            if d.main:
+                log(f"[{name}] loaded {tcfg.checkpoint}")
+        else:
+            result = train_phase(Phase(name, model, spec, [as_stage(tcfg.train, "train")]), data, run_dir,
+                                 device, d, recipe.seed + i, recipe.amp, log)
+        teachers.append(model)
+        rows.append(summary_row(name, model, spec, result, data, recipe))
+    barrier(d)
+
+    student_spec = model_spec(recipe.student, data.model_defaults)
+    if recipe.baseline is not None:
+        seed_everything(recipe.seed)  # the baseline and distilled students start from the same weights
+        baseline = instantiate(student_spec)
+        result = train_phase(Phase("baseline", baseline, student_spec, [as_stage(recipe.baseline, "train")]), data,
+                             run_dir, device, d, recipe.seed, recipe.amp, log)
+        rows.append(summary_row("baseline", baseline, student_spec, result, data, recipe))
+
+    seed_everything(recipe.seed)
+    student = instantiate(student_spec)
+    result = train_phase(Phase("distilled", student, student_spec, recipe.distill, teachers), data, run_dir,
+                         device, d, recipe.seed, recipe.amp, log)
+    rows.append(summary_row("distilled", student, student_spec, result, data, recipe))
+
+    summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device), "rows": rows}
+    if d.main:
+        write_summary(summary, run_dir, data)
+        log("\n" + markdown_table(rows, data))
+        log(f"\nwritten: {run_dir / 'summary.md'}")
+        try:
+            from ..report import write_report
+
+            path = write_report(run_dir)
+            log(f"written: {path}")
+        except ImportError:
+            pass
+    return summary
+
+
+def summary_row(name: str, model, spec: dict, result: dict, data: TaskData, recipe: Recipe) -> dict:
+    model = model.cpu()
+    row = {"model": name, "arch": spec["name"], **result, "params": count_params(model),
+           "gflops": gflops(model, data.input_shape),
+           "cpu_ms_per_image": cpu_latency_ms(model, data.input_shape, recipe.latency_batch)}
+    return row
+
+
+COLUMNS = {
+    "classification": [("model", "model"), ("arch", "architecture"), ("accuracy", "test acc"),
+                       ("errors", "test errors"), ("params", "params"), ("gflops", "GFLOPs"),
+                       ("cpu_ms_per_image", "CPU ms/img"), ("train_s", "train time")],
+    "detection": [("model", "model"), ("arch", "architecture"), ("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]"),
+                  ("params", "params"), ("gflops", "GFLOPs"), ("cpu_ms_per_image", "CPU ms/img"),
+                  ("train_s", "train time")],
+}
+
+
+def fmt(key: str, v) -> str:
+    if v is None:
+        return "-"
+    if key == "params":
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}K"
+    if key == "train_s":
+        return f"{v / 60:.1f} min" if v >= 60 else f"{v:.1f} s"
+    if key in ("accuracy", "map50", "map"):
+        return f"{100 * v:.2f}%" if key == "accuracy" else f"{v:.4f}"
+    if key == "gflops":
+        return f"{v:.3f}"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], data: TaskData) -> str:
+    cols = COLUMNS[data.kind]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(k, r.get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict, run_dir: Path, data: TaskData) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = f"# {summary['recipe']}\n\nTest-set results ({data.kind}), device {summary['device']}.\n\n"
+    text += markdown_table(summary["rows"], data) + "\n"
+    (run_dir / "summary.md").write_text(text)

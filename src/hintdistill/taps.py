@@ -1,9 +1,9 @@
 """Taps: capture intermediate features of any ``nn.Module`` by dotted module name.
 
 A tap is a forward hook; no model's ``forward`` is rewritten, so torchvision, timm or a user's own
-module can be teacher or student unchanged. Captured tensors live in ``Taps.features`` and are cleared
-at the start of every forward (``Taps.run``), so a batch never sees a stale feature from an earlier
-batch or from evaluation.
+module can be teacher or student unchanged. Captured tensors live in ``Taps.features`` only during a
+forward through ``Taps.run`` and are cleared before and after it; a plain ``model(x)`` (evaluation)
+records nothing, so no batch sees or keeps alive a stale feature from an earlier batch or from eval.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class Taps:
         self.model = model
         self.role = role
         self.features: dict[str, torch.Tensor] = {}
+        self._running = False  # hooks record only inside run(): a plain model(x) (evaluation) leaves nothing
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         for name in names:
             self.add(name)
@@ -93,7 +94,7 @@ class Taps:
         module = find_module(self.model, name, self.role)
 
         def hook(_module, _inputs, output, _name=name):
-            tensor = _first_tensor(output)
+            tensor = _first_tensor(output) if self._running else None
             if tensor is not None:
                 self.features[_name] = tensor
 
@@ -111,6 +112,7 @@ class Taps:
     def run(self, *args, **kwargs) -> Outputs:
         """Forward the model and return its Outputs plus every tapped feature."""
         self.clear()
+        self._running = True
         try:
             outputs = outputs_from(self.model(*args, **kwargs))
             for name in self._handles:
@@ -123,6 +125,7 @@ class Taps:
             return outputs
         finally:
             # Drop references right away so nothing stale survives into the next step or into eval.
+            self._running = False
             self.clear()
 
 

@@ -117,8 +117,9 @@ class Distiller(nn.Module):
     def teacher_outputs(self, inputs: Any) -> list[Outputs]:
         outs = []
         for teacher, taps in zip(self.teachers, self.teacher_taps, strict=True):
-            if teacher.training:  # a user's loop may have called .train() on everything
-                teacher.eval()
+            # A user's loop may have called .train() on the teacher or on any of its submodules
+            # (the root's flag alone does not tell), so force eval on every call.
+            teacher.eval()
             outs.append(taps.run(inputs))
         return outs
 

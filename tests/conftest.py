@@ -42,8 +42,13 @@ def tiny_recipe(tmp_path) -> dict:
     return tree
 
 
-def small_cnn(widths=(4, 8), num_classes: int = 10, seed: int = 0, **kw) -> torch.nn.Module:
+@pytest.fixture
+def small_cnn():
+    """``small_cnn(widths, num_classes, seed, **args)``: a seeded ``cnn`` of depth 1 from the registry."""
     from hintdistill.models import build_model
 
-    torch.manual_seed(seed)
-    return build_model("cnn", {"widths": list(widths), "depth": 1, "num_classes": num_classes, **kw})
+    def make(widths=(4, 8), num_classes: int = 10, seed: int = 0, **kw) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_model("cnn", {"widths": list(widths), "depth": 1, "num_classes": num_classes, **kw})
+
+    return make

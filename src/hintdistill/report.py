@@ -1,0 +1,184 @@
+"""``report.html``: one self-contained page per run (images embedded as base64 PNG, no external files).
+
+It holds the summary table (teacher / baseline / distilled: accuracy or mAP, params, GFLOPs, latency,
+training time), the training curves of every phase, the feature maps of every hint pair on the first
+test image, a detector's boxes on that image, the distillation stages and the recipe. Each figure is
+also written to ``RUN/figures/<name>.png``. A figure that cannot be drawn never stops the run: the
+report names it and says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from .engine.logging import read_metrics
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.8em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, td:nth-child(2) { text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.problem { color: #a00; } .note { color: #a60; } .meta { color: #666; }
+"""
+
+
+class Report:
+    """Collects the page's sections; ``figure`` draws, saves and embeds one figure or records why it failed."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.figures = run_dir / "figures"
+        self.parts: list[str] = []
+        self.problems: list[str] = []
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def problem(self, what: str, error: BaseException) -> None:
+        where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+        message = f"{what}: {type(error).__name__}: {error}{at}"
+        self.problems.append(message)
+        self.add(f'<p class="problem">Not drawn: {html.escape(message)}</p>')
+
+    def figure(self, name: str, caption: str, draw: Callable[[], object]) -> None:
+        from .figures import plt, png_bytes
+
+        try:
+            png = png_bytes(draw())
+            self.figures.mkdir(parents=True, exist_ok=True)
+            (self.figures / f"{name}.png").write_bytes(png)
+        except Exception as e:  # noqa: BLE001 - a figure must never stop the run; the page says why
+            plt.close("all")
+            self.problem(f"figure '{name}'", e)
+            return
+        data = base64.b64encode(png).decode("ascii")
+        self.add(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+                 f"<figcaption>{html.escape(caption)} (figures/{html.escape(name)}.png)</figcaption></figure>")
+
+    def section(self, title: str, build: Callable[[], None]) -> None:
+        self.add(f"<h2>{html.escape(title)}</h2>")
+        try:
+            build()
+        except Exception as e:  # noqa: BLE001
+            self.problem(f"section '{title}'", e)
+
+
+def summary_table(summary: dict) -> str:
+    """The run's summary rows as an HTML table, with the columns and formats of ``summary.md``."""
+    from .engine.pipeline import COLUMNS, fmt
+
+    cols = COLUMNS.get(summary.get("task", "classification"), COLUMNS["classification"])
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(k, r.get(k)))}</td>" for k, _ in cols) + "</tr>"
+                   for r in summary["rows"])
+    return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def stages_table(recipe) -> str:
+    rows = []
+    for stage in recipe.distill:
+        terms = ", ".join(_term_text(t) for t in stage.terms)
+        rows.append(f"<tr><td>{html.escape(stage.name)}</td><td>{stage.epochs}</td><td>{stage.trainable}</td>"
+                    f"<td style='text-align:left'>{html.escape(terms)}</td></tr>")
+    return ("<table><thead><tr><th>stage</th><th>epochs</th><th>trainable</th><th>terms (weight)</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _term_text(term) -> str:
+    w = term.weight
+    weight = f"{w.start:g}→{w.end:g} over {w.epochs:g} epochs" if hasattr(w, "start") else f"{w:g}"
+    if term.type == "hint":
+        return f"hint {term.hint} ← {term.guided} via {term.adapter} ({weight})"
+    if term.type == "neck_hints":
+        return f"neck_hints {', '.join(f'{t}←{s}' for t, s in term.levels)} via {term.adapter} ({weight})"
+    return f"{term.type} ({weight})"
+
+
+def phase_histories(run_dir: Path) -> dict[str, list[dict]]:
+    """Every phase's ``metrics.jsonl``, teachers first, then the baseline, then the distilled student."""
+    phases = sorted((p.name for p in run_dir.iterdir() if (p / "metrics.jsonl").is_file()),
+                    key=lambda p: (not p.startswith("teacher"), p != "baseline", p))
+    return {p: read_metrics(run_dir / p / "metrics.jsonl") for p in phases}
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``RUN/report.html`` (and ``RUN/figures/*.png``) for a run folder; returns the page's path.
+
+    Never raises for a figure or section that cannot be built: the page lists what is missing and why.
+    """
+    from . import figures as fg
+    from . import viz
+
+    run_dir = Path(run_dir)
+    report = Report(run_dir)
+    title = run_dir.name
+    summary: dict = {}
+    run = None
+
+    def summary_section() -> None:
+        nonlocal summary, title
+        path = run_dir / "summary.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the run has not finished")
+        summary = json.loads(path.read_text())
+        title = summary.get("recipe", title)
+        report.add(f'<p class="meta">task {html.escape(str(summary.get("task")))}, device '
+                   f'{html.escape(str(summary.get("device")))}; test-set results.</p>{summary_table(summary)}')
+
+    def curves_section() -> None:
+        report.figure("curves", "Every loss term and test metric per epoch; dotted lines: the distilled phase's stages",
+                      lambda: fg.curves_figure(phase_histories(run_dir)))
+
+    def features_section() -> None:
+        nonlocal run
+        run = viz.Run(run_dir)
+        pairs = viz.recipe_pairs(run.recipe, run.task)
+        if not pairs:
+            report.add("<p>The recipe has no hint terms; `hintdistill viz RUN --image PATH --layers hint=guided` draws "
+                       "any pair of layers.</p>")
+            return
+        example = viz.test_example(run)
+        maps = viz.feature_maps(run, example, pairs)
+        for i, m in enumerate(maps):
+            report.figure(f"features_{i}_{viz.safe_name(m.hint_name)}__{viz.safe_name(m.guided_name)}",
+                          f"First test image: teacher hint {m.hint_name}, distilled student's guided {m.guided_name} "
+                          f"and its adapted map" + (f" — {'; '.join(m.notes)}" if m.notes else ""),
+                          lambda m=m: fg.feature_figure(example.image, m, "first test image"))
+        if run.task == "detection":
+            names = example.class_names or viz.class_names(run.recipe, 0)
+            report.figure("detections", "First test image: ground truth, teacher, baseline and distilled boxes",
+                          lambda: fg.detection_figure(example.image, viz.detection_panels(run, example), names,
+                                                      viz.CONF_THRESH))
+
+    def recipe_section() -> None:
+        recipe_file = run_dir / "recipe.yaml"
+        if run is not None and run.recipe is not None:
+            report.add(stages_table(run.recipe))
+        report.add(f"<pre>{html.escape(recipe_file.read_text())}</pre>")
+
+    report.section("Results", summary_section)
+    report.section("Training curves", curves_section)
+    report.section("Feature maps and detections", features_section)
+    report.section("Distillation stages and recipe", recipe_section)
+    if report.problems:
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in report.problems)
+        report.add(f'<h2>Problems</h2><ul class="problem" id="problems">{items}</ul>')
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} report</title>'
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f'<p class="meta">hintdistill run report, {html.escape(str(run_dir))}, written {when}</p>'
+            + "\n".join(report.parts) + "</body></html>\n")
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

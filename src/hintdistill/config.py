@@ -234,10 +234,13 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, single_teacher: bool = False) -> str:
     lines = [f"invalid recipe {source}:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = list(e["loc"])
+        if single_teacher and loc[:2] == ["teachers", 0]:
+            loc = ["teacher", *loc[2:]]  # name the field as the recipe spells it, not as it is normalized
+        path = ".".join(str(p) for p in loc) or "(top level)"
         value = e.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
@@ -263,7 +266,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def recipe_from_dict(tree: dict, overrides: list[str] | None = None, source: str = "<dict>") -> Recipe:
     for key, value in parse_overrides(overrides or []):
         set_path(tree, key, value)
+    single_teacher = "teacher" in tree and "teachers" not in tree
     try:
         return Recipe.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, single_teacher)) from None

@@ -200,14 +200,15 @@ class TensorLoader:
         order = order[self.rank :: self.world]
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            x = self.normalize(self.images[idx])
+            # Augment before normalizing, so the pixels shifted in by jitter/crop are black (0), not the mean.
+            x = self.images[idx].float()
             if "jitter" in self.augment:
                 x = jitter(x, self.jitter_pixels, g)
             if "crop" in self.augment:
                 x = jitter(x, 4, g)
             if "hflip" in self.augment:
                 x = hflip(x, g)
-            yield x, self.labels[idx]
+            yield self.normalize(x), self.labels[idx]
 
 
 def load_tensors(name: str, split: str, data_dir: str | None = None, download: bool = False):

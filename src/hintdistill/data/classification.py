@@ -161,7 +161,7 @@ class TensorLoader:
 
     ``augment`` may hold ``jitter`` (shifts up to ``jitter_pixels``), ``hflip`` and ``crop`` (pad 4 +
     random crop, the CIFAR standard). Shuffling uses its own generator seeded per epoch, so runs are
-    reproducible; under DDP each rank takes every ``world``-th example.
+    reproducible; under DDP each rank takes every ``world``-th example, all ranks the same number.
     """
 
     images: torch.Tensor
@@ -186,7 +186,9 @@ class TensorLoader:
 
     @property
     def num_examples(self) -> int:
-        return len(range(self.rank, len(self.labels), self.world))
+        # Under DDP every rank takes the same number of examples (the last len % world of the epoch's
+        # order are left out): ranks with unequal step counts would wait for each other forever.
+        return len(self.labels) // self.world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -197,7 +199,7 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(len(self.labels), generator=g) if self.shuffle else torch.arange(len(self.labels))
-        order = order[self.rank :: self.world]
+        order = order[: self.num_examples * self.world][self.rank :: self.world]
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             # Augment before normalizing, so the pixels shifted in by jitter/crop are black (0), not the mean.

@@ -139,21 +139,23 @@ class DetectionDataset(Dataset):
                               f"({len(self.unreadable)} unreadable image(s) so far)", stacklevel=2)
         raise DataError(f"{self.source}: no image could be read; check the image folder and file formats")
 
-    def sample(self, index: int) -> tuple[dict, float, tuple[int, int], tuple[int, int], int]:
+    def sample(self, index: int, augment: bool = True) -> tuple[dict, float, tuple[int, int], tuple[int, int], int]:
         index, image, boxes, labels = self.load_readable(index)
         orig = tuple(image.shape[-2:])
         image, boxes, scale, pad = self.letterbox(image, boxes)
-        if self.train:  # after the resize: jitter on S × S pixels is cheaper than on the original
+        if self.train and augment:  # after the resize: jitter on S × S pixels is cheaper than on the original
             image, boxes = self.augment(image, boxes)
         return {"image": image, "boxes": boxes, "labels": labels}, scale, pad, orig, index
 
     def mosaic_sample(self, index: int) -> tuple[dict, int]:
-        """Four letterboxed images tiled on a 2S × 2S canvas, cropped to a random S × S window."""
+        """Four letterboxed images tiled on a 2S × 2S canvas, cropped to a random S × S window, then flipped
+        and jittered once (jittering the four parts first would cost four times as much: colour jitter is
+        most of the data time on CPU)."""
         s = self.image_size
         canvas = torch.full((3, 2 * s, 2 * s), PAD_VALUE, dtype=torch.uint8)
         all_boxes, all_labels = [], []
         for k, i in enumerate([index] + random.choices(range(len(self)), k=3)):
-            part, *_, i = self.sample(i)
+            part, *_, i = self.sample(i, augment=False)
             index = i if k == 0 else index
             dx, dy = (k % 2) * s, (k // 2) * s
             canvas[:, dy:dy + s, dx:dx + s] = part["image"]
@@ -162,7 +164,8 @@ class DetectionDataset(Dataset):
         x0, y0 = random.randint(0, s), random.randint(0, s)
         image = TF.crop(tv_tensors.Image(canvas), y0, x0, s, s)
         boxes = tv_tensors.BoundingBoxes(torch.cat(all_boxes), format="XYXY", canvas_size=(2 * s, 2 * s))
-        return {"image": image, "boxes": TF.crop(boxes, y0, x0, s, s), "labels": torch.cat(all_labels)}, index
+        image, boxes = self.augment(image, TF.crop(boxes, y0, x0, s, s))
+        return {"image": image, "boxes": boxes, "labels": torch.cat(all_labels)}, index
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         scale, pad, orig = 1.0, (0, 0), None

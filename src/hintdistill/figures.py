@@ -51,12 +51,12 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def display_image(image: torch.Tensor) -> torch.Tensor:
+def display_image(image: torch.Tensor):
     """A ``[C, H, W]`` image as ``[H, W, 3]`` in 0..1 for imshow (grey images repeated to RGB)."""
     image = image.detach().float().cpu()
     if image.shape[0] == 1:
         image = image.repeat(3, 1, 1)
-    return image[:3].clamp(0, 1).permute(1, 2, 0)
+    return image[:3].clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def _normalize(t: torch.Tensor) -> torch.Tensor:
@@ -95,18 +95,18 @@ def _draw_panel(ax_heat, ax_grid, image: torch.Tensor, feature: torch.Tensor, la
         heat = feature.mean(0)[None, None]
         heat = F.interpolate(heat, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
         ax_heat.imshow(display_image(image))
-        ax_heat.imshow(_normalize(heat), cmap="jet", alpha=0.5)
+        ax_heat.imshow(_normalize(heat).numpy(), cmap="jet", alpha=0.5)
         ax_heat.set_title(f"{label}\nmean over {feature.shape[0]} channels", fontsize=10)
         channels = strongest_channels(feature)
         mosaic, cols = channel_mosaic(feature, channels)
-        ax_grid.imshow(mosaic, cmap="viridis")
+        ax_grid.imshow(mosaic.numpy(), cmap="viridis")
         ax_grid.set_title(f"strongest {len(channels)} of {feature.shape[0]} channels ({shape})", fontsize=10)
         first = ", ".join(str(c) for c in channels[:cols].tolist())
         ax_grid.set_xlabel(f"channels (row 1): {first} ...", fontsize=8)
     else:  # a vector feature [D]: no spatial layout to lay over the image
         ax_heat.imshow(display_image(image))
         ax_heat.set_title(f"{label}\nvector feature ({shape}), no spatial map", fontsize=10)
-        ax_grid.imshow(_vector_as_square(feature.flatten()), cmap="viridis")
+        ax_grid.imshow(_vector_as_square(feature.flatten()).numpy(), cmap="viridis")
         ax_grid.set_title(f"{feature.numel()} values, row by row", fontsize=10)
     for ax in (ax_heat, ax_grid):
         ax.set_xticks([])

@@ -188,10 +188,16 @@ def class_names(recipe: Recipe | None, num_classes: int) -> list[str]:
 
 
 def _open_test_split(recipe: Recipe, size: int):
-    from .detection.build import open_split
-
     recipe = recipe.model_copy(deep=True)
     recipe.data.image_size = size
+    try:
+        from .detection.build import open_split
+    except ImportError:  # a VOC folder can be read without the detection recipe builder
+        from .data.voc import VOCDetection
+
+        if recipe.data.name != "voc" or not recipe.data.data_dir:
+            raise
+        return VOCDetection(recipe.data.data_dir, recipe.data.test_split, size, classes=recipe.data.classes)
     return open_split(recipe, recipe.data.test_split)
 
 
@@ -342,14 +348,15 @@ def viz_command(args) -> int:
     for w in caught:
         print(f"warning: {w.message}")
     written = []
+    stem = safe_name(Path(args.image).stem)  # named by the image: the report's own figures share the folder
     for i, m in enumerate(maps):
-        path = out / f"features_{i}_{safe_name(m.hint_name)}__{safe_name(m.guided_name)}.png"
+        path = out / f"{stem}_features_{i}_{safe_name(m.hint_name)}__{safe_name(m.guided_name)}.png"
         path.write_bytes(png_bytes(feature_figure(example.image, m, Path(args.image).name)))
         written.append(path)
     if run.task == "detection":
         model = run.model("distilled")
         names = class_names(run.recipe, getattr(model, "num_classes", 0))
-        path = out / "detections.png"
+        path = out / f"{stem}_detections.png"
         path.write_bytes(png_bytes(detection_figure(example.image, detection_panels(run, example), names,
                                                     CONF_THRESH)))
         written.append(path)

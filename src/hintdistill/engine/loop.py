@@ -153,8 +153,9 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
                 if not torch.isfinite(loss):
                     bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                     raise TrainingDiverged(
-                        f"[{phase.name}/{stage.name}] loss became {float(loss)} at epoch {epoch + 1}, step {step} "
-                        f"(non-finite terms: {', '.join(bad)}). The last good checkpoint is kept at {ckpt_path}. "
+                        f"[{phase.name}/{stage.name}] loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                        f"step {step + 1}/{len(loader)} (non-finite terms: {', '.join(bad)}). The last good "
+                        f"checkpoint is kept at {ckpt_path}. "
                         f"Lower the learning rate ({stage.optimizer.lr}) or the terms' weights, then rerun to resume."
                     )
                 optimizer.zero_grad(set_to_none=True)

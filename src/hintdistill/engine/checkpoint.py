@@ -62,8 +62,10 @@ def load_state(model: nn.Module, state_dict: dict, source: str) -> None:
     try:
         unwrap(model).load_state_dict(state_dict)
     except RuntimeError as e:
+        # torch's first line is only "Error(s) in loading state_dict for X:"; the mismatches follow it
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise CheckpointError(
-            f"the weights in {source} do not fit the model ({str(e).splitlines()[0][:300]}). Check that the "
+            f"the weights in {source} do not fit the model ({detail[:500]}). Check that the "
             f"recipe's model name and args match the ones the checkpoint was trained with."
         ) from None
 

@@ -11,7 +11,9 @@ import yaml
 
 from ..build import TaskData, build_data, instantiate, model_spec
 from ..config import Recipe
+from ..errors import ShapeError
 from ..metrics import count_params, cpu_latency_ms, gflops
+from ..taps import outputs_from
 from .checkpoint import load_state, safe_load
 from .distributed import Dist, barrier, cleanup, init_distributed
 from .loop import Phase, as_stage, train_phase
@@ -20,6 +22,23 @@ from .loop import Phase, as_stage, train_phase
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def check_num_classes(model: torch.nn.Module, data: TaskData, role: str) -> None:
+    """A classifier must predict the data's classes; found here, not as an index error deep in training."""
+    if data.kind != "classification":
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        width = outputs_from(model(data.example_batch(2)[0]))["logits"].shape[1]
+    finally:
+        model.train(was_training)
+    if width != data.num_classes:
+        raise ShapeError(f"the {role} predicts {width} classes but the data has {data.num_classes}: remove "
+                         f"num_classes from the {role}'s args (it defaults to the data's) or set it to "
+                         f"{data.num_classes}.")
 
 
 def load_teacher_weights(model: torch.nn.Module, path: str) -> None:
@@ -45,6 +64,8 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         log(f"run folder: {run_dir}  device: {device}  processes: {d.world}")
     data = build_data(recipe)
     rows = []
+    # before any teacher trains: a student that cannot be built or predicts the wrong classes fails now
+    check_num_classes(instantiate(model_spec(recipe.student, data.model_defaults)), data, "student")
 
     teachers = []
     for i, tcfg in enumerate(recipe.teachers):
@@ -52,6 +73,7 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         spec = model_spec(tcfg, data.model_defaults)
         seed_everything(recipe.seed + 1000 * (i + 1))
         model = instantiate(spec)
+        check_num_classes(model, data, name)
         if tcfg.checkpoint:
             load_teacher_weights(model, tcfg.checkpoint)
             model.to(device)

@@ -136,10 +136,13 @@ def execution_order(model: nn.Module, *args, **kwargs) -> list[str]:
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(lambda m, i, o, n=name: order.append(n)))
+    was_training = model.training
+    model.eval()  # a dry run must not move batch-norm statistics (nor draw dropout masks)
     try:
         with torch.no_grad():
             model(*args, **kwargs)
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     return order

@@ -115,3 +115,15 @@ def test_execution_order_and_modules_up_to():
         modules_up_to(model, "unused", x)
     with pytest.raises(ShapeError, match="Closest names: used"):
         modules_up_to(model, "usd", x)
+
+
+def test_dry_runs_leave_batch_norm_statistics_alone(resnet):
+    resnet.train()
+    before = {k: v.clone() for k, v in resnet.state_dict().items()}
+    try:
+        assert modules_up_to(resnet, "layer2", torch.randn(2, 3, 32, 32))[-1] == "layer2"
+        assert resnet.training
+        for k, v in resnet.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    finally:
+        resnet.eval()

@@ -94,10 +94,16 @@ def test_report_names_what_could_not_be_drawn(cls_run, tmp_path):
     assert "<pre>" in text  # the recipe is still shown
 
 
+@pytest.fixture(scope="module")
+def det_report(tmp_path_factory) -> Path | None:
+    if not BCCD.is_dir():
+        return None
+    return write_report(make_detection_run(tmp_path_factory.mktemp("runs") / "det"))
+
+
 @pytest.mark.skipif(not BCCD.is_dir(), reason=f"BCCD VOC folder not found at {BCCD}")
-def test_detection_report_has_neck_levels_and_overlays(tmp_path):
-    run_dir = make_detection_run(tmp_path / "det")
-    page = write_report(run_dir)
+def test_detection_report_has_neck_levels_and_overlays(det_report):
+    page = det_report
     assert embedded_images(page) == ["curves"] + [f"features_{i}_neck.p{i + 3}__neck.p{i + 3}" for i in range(3)] + [
         "detections"]
     text = page.read_text()
@@ -105,11 +111,8 @@ def test_detection_report_has_neck_levels_and_overlays(tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_report_loads_in_headless_chromium(cls_run, tmp_path):
-    pages = [cls_run / "report.html"]
-    if BCCD.is_dir():
-        pages.append(write_report(make_detection_run(tmp_path / "det")))
-    for page in pages:
+def test_report_loads_in_headless_chromium(cls_run, det_report, tmp_path):
+    for page in [cls_run / "report.html"] + ([det_report] if det_report else []):
         seen = browser_check(page, tmp_path)
         assert seen["errors"] == [] and seen["broken"] == [], seen
         assert seen["images"] == len(embedded_images(page)) >= 2

@@ -1,6 +1,7 @@
 """hintdistill viz: feature-map figures of hint pairs, detection overlays, curves and clear errors."""
 
 import json
+import shutil
 from argparse import Namespace
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from hintdistill.cli import main
 from hintdistill.config import recipe_from_dict
 from hintdistill.engine.checkpoint import atomic_save, save_model
 from hintdistill.engine.pipeline import run_recipe
-from hintdistill.errors import CheckpointError, DataError, ShapeError
+from hintdistill.errors import CheckpointError, ConfigError, DataError, ShapeError
 from hintdistill.figures import curves_figure, detection_figure, png_bytes
 from hintdistill.models import build_model
+from hintdistill.run_folder import Run, image_example
 from hintdistill.taps import Taps
 from hintdistill.terms.detection import NeckHints
-from hintdistill.viz import Run, feature_maps, image_example, recipe_pairs, viz_command
+from hintdistill.viz import feature_maps, recipe_pairs, viz_command
 
 torch.set_num_threads(1)  # tiny models: more threads only fight the other jobs on 2 cores
 
@@ -142,6 +144,10 @@ def test_viz_bad_inputs_name_what_is_missing(cls_run, image_file, tmp_path, caps
         viz_command(args(empty, image_file))
     assert main(["viz", str(empty), "--image", str(image_file)]) == CheckpointError.exit_code
     assert "no distilled/model.pt" in capsys.readouterr().err
+    (empty / "distilled").mkdir()
+    shutil.copy(cls_run / "distilled" / "model.pt", empty / "distilled" / "model.pt")
+    with pytest.raises(ConfigError, match="no recipe.yaml to take hint layers from; name layers with --layers"):
+        viz_command(args(empty, image_file))
 
 
 @pytest.mark.skipif(not BCCD.is_dir(), reason=f"BCCD VOC folder not found at {BCCD}")

@@ -118,7 +118,7 @@ def write_report(run_dir: str | Path) -> Path:
     Never raises for a figure or section that cannot be built: the page lists what is missing and why.
     """
     from . import figures as fg
-    from . import viz
+    from . import run_folder, viz
 
     run_dir = Path(run_dir)
     report = Report(run_dir)
@@ -142,13 +142,13 @@ def write_report(run_dir: str | Path) -> Path:
 
     def features_section() -> None:
         nonlocal run
-        run = viz.Run(run_dir)
+        run = run_folder.Run(run_dir)
         pairs = viz.recipe_pairs(run.recipe, run.task)
         if not pairs:
             report.add("<p>The recipe has no hint terms; `hintdistill viz RUN --image PATH --layers hint=guided` draws "
                        "any pair of layers.</p>")
             return
-        example = viz.test_example(run)
+        example = run_folder.first_test_example(run)
         maps = viz.feature_maps(run, example, pairs)
         for i, m in enumerate(maps):
             report.figure(f"features_{i}_{viz.safe_name(m.hint_name)}__{viz.safe_name(m.guided_name)}",
@@ -156,7 +156,7 @@ def write_report(run_dir: str | Path) -> Path:
                           f"and its adapted map" + (f" — {'; '.join(m.notes)}" if m.notes else ""),
                           lambda m=m: fg.feature_figure(example.image, m, "first test image"))
         if run.task == "detection":
-            names = example.class_names or viz.class_names(run.recipe, 0)
+            names = example.class_names or run_folder.class_names(run.recipe, 0)
             report.figure("detections", "First test image: ground truth, teacher, baseline and distilled boxes",
                           lambda: fg.detection_figure(example.image, viz.detection_panels(run, example), names,
                                                       viz.CONF_THRESH))

@@ -115,6 +115,8 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
         if state is not None and si < state["stage"]:
             global_epoch += stage.epochs
             continue
+        if state is not None and si == state["stage"] and int(state["epoch"]) == 0 and "rng" in state:
+            torch.set_rng_state(state["rng"])  # resumed at a stage boundary: draw what an unbroken run draws
         loader = data.train_loader(stage.batch_size, stage.augment, seed + si, d.rank, d.world)
         example = to_device(data.example_batch()[0], device)
         distiller = Distiller(student, teachers, build_terms(stage.terms, data.context), example_inputs=example)
@@ -192,8 +194,8 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
         # The next stage starts at its own epoch 0; an unfinished later stage resumes from here.
         if d.main and stage.epochs > 0 and si + 1 < len(phase.stages):
             atomic_save({"phase": phase.name, "spec": phase.spec, "student": student.state_dict(),
-                         "stage": si + 1, "epoch": 0, "elapsed_s": elapsed, "last_metrics": metrics, "done": False},
-                        ckpt_path)
+                         "rng": torch.get_rng_state(), "stage": si + 1, "epoch": 0, "elapsed_s": elapsed,
+                         "last_metrics": metrics, "done": False}, ckpt_path)
         global_epoch += stage.epochs
         state = None
         for p in student.parameters():

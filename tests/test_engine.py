@@ -1,0 +1,228 @@
+"""The engine on tiny real data (512 Fashion-MNIST images): outputs, resume, skip, NaN guard, bad checkpoints."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SGD, needs_fashion
+
+import hintdistill.report
+from hintdistill.build import build_data
+from hintdistill.config import recipe_from_dict
+from hintdistill.distiller import Distiller
+from hintdistill.engine.checkpoint import load_model, safe_load, save_model
+from hintdistill.engine.logging import read_metrics
+from hintdistill.engine.pipeline import run_recipe
+from hintdistill.errors import CheckpointError, ShapeError, TrainingDiverged
+from hintdistill.metrics import evaluate_classifier
+from hintdistill.models import build_model
+from hintdistill.terms import SoftTargetKD
+
+pytestmark = needs_fashion
+
+STEPS_PER_EPOCH = 512 // 64
+TEACHER_SPEC = {"name": "cnn", "args": {"widths": [8, 16], "depth": 1, "first_stride": 2, "num_classes": 10}}
+
+
+class Crash(Exception):
+    """Stands for a process killed in the middle of an epoch."""
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    # report.html draws matplotlib figures (seconds per run); only the full-run test builds it.
+    monkeypatch.setattr(hintdistill.report, "write_report", lambda run_dir: run_dir / "report.html")
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory):
+    """A fixed (untrained) teacher as a model.pt, so resume tests train the student only."""
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("teacher") / "model.pt"
+    save_model(build_model(TEACHER_SPEC["name"], TEACHER_SPEC["args"]), TEACHER_SPEC, path)
+    return str(path)
+
+
+def run(tree, log=None):
+    lines = [] if log is None else log
+    summary = run_recipe(recipe_from_dict(tree), log=lines.append)
+    return summary, lines
+
+
+def fitnets(tree):
+    """Stage 1: hint on the student up to features.stage2; stage 2: CE + KD (weight annealed) + dropout."""
+    tree["student"]["args"]["dropout"] = 0.3  # draws from the global RNG every step: resume must restore it
+    tree["distill"] = [
+        {"name": "hint", "epochs": 1, "batch_size": 64, "optimizer": SGD, "trainable": "up_to_guided",
+         "terms": [{"type": "hint", "hint": "features.stage2", "guided": "features.stage2"}]},
+        {"name": "kd", "epochs": 2, "batch_size": 64, "optimizer": SGD,
+         "terms": [{"type": "ce", "weight": 0.1},
+                   {"type": "kd", "temperature": 4.0, "weight": {"start": 4.0, "end": 1.0, "epochs": 2}}]},
+    ]
+    return tree
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_full_run_outputs_then_rerun_skips_finished_phases(tiny_recipe):
+    tree = fitnets(tiny_recipe)
+    tree["baseline"] = {"epochs": 1, "batch_size": 64, "optimizer": SGD}
+    summary, _ = run(tree)
+    out = Path(tiny_recipe["output_dir"])
+    rows = {r["model"]: r for r in summary["rows"]}
+    assert list(rows) == ["teacher", "baseline", "distilled"]
+    assert json.loads((out / "summary.json").read_text())["rows"] == summary["rows"]
+    table = (out / "summary.md").read_text()
+    assert "| model | architecture | test acc | test errors |" in table and "| distilled | cnn |" in table
+    assert (out / "report.html").is_file()
+
+    # model.pt: the student alone, loadable with weights_only=True, no adapter inside
+    student = build_model("cnn", {"widths": [4, 8], "depth": 1, "first_stride": 2, "num_classes": 10, "dropout": 0.3})
+    ckpt = torch.load(out / "distilled" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(ckpt) == {"spec", "state_dict"}
+    assert list(ckpt["state_dict"]) == list(student.state_dict())
+    assert not any("adapter" in k for k in ckpt["state_dict"])
+    model, _ = load_model(out / "distilled" / "model.pt")
+    data = build_data(recipe_from_dict(tree))
+    metrics = evaluate_classifier(model, data.test_loader, torch.device("cpu"))
+    assert metrics["examples"] == 256
+    assert metrics["accuracy"] == rows["distilled"]["accuracy"] and metrics["errors"] == rows["distilled"]["errors"]
+    assert rows["distilled"]["params"] == sum(p.numel() for p in student.parameters())
+
+    # metrics.jsonl: one line per epoch, stage by stage, with the annealed KD weight
+    lines = read_metrics(out / "distilled" / "metrics.jsonl")
+    assert [(r["stage"], r["epoch"]) for r in lines] == [("hint", 1), ("kd", 2), ("kd", 3)]
+    assert "train/hint" in lines[0] and "train/kd" in lines[1] and "test/accuracy" in lines[2]
+    # the weight of the epoch's last step (stage epoch 0 + 7/8, then 1 + 7/8): 4 - 3 · 0.875 / 2; 4 - 3 · 1.875 / 2
+    assert (lines[1]["weight/kd"], lines[2]["weight/kd"]) == (2.6875, 1.1875)
+    assert all(math.isfinite(r["train/loss"]) for r in lines)
+    assert len(read_metrics(out / "teacher" / "metrics.jsonl")) == 1
+    assert len(read_metrics(out / "baseline" / "metrics.jsonl")) == 1
+    assert safe_load(out / "distilled" / "checkpoint.pt")["done"] is True
+
+    # rerun: every phase is finished, nothing is trained or rewritten
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")}
+    summary2, log = run(tree)
+    assert sum("finished earlier" in line for line in log) == 3
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")} == stamp
+    assert len(read_metrics(out / "distilled" / "metrics.jsonl")) == 3
+    assert [r["accuracy"] for r in summary2["rows"]] == [r["accuracy"] for r in summary["rows"]]
+
+
+def crash_at(monkeypatch, call: int):
+    """Make the Distiller's ``call``-th training step (1-based) raise Crash."""
+    forward = Distiller.forward
+    calls = {"n": 0}
+
+    def counting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Crash(f"simulated kill at step {call}")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Distiller, "forward", counting)
+
+
+@pytest.mark.parametrize("crash_step, resumed_at", [
+    (STEPS_PER_EPOCH * 2 + 4, "[distilled/kd] resuming from"),         # mid stage 2, epoch 2: epoch checkpoint
+    (STEPS_PER_EPOCH + 4, None),                                        # mid stage 2, epoch 1: stage boundary
+])
+def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch,
+                                                     no_report, crash_step, resumed_at):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    reference = fitnets(tiny_recipe)
+    run(reference)
+    expected = weights(tmp_path / "run" / "distilled" / "model.pt")
+
+    reference["output_dir"] = str(tmp_path / "crashed")
+    with monkeypatch.context() as m:
+        crash_at(m, crash_step)
+        with pytest.raises(Crash):
+            run(reference)
+    assert not (tmp_path / "crashed" / "distilled" / "model.pt").exists()
+    _, log = run(reference)
+    if resumed_at:
+        assert any(line.startswith(resumed_at) and "at epoch 1" in line for line in log)
+    assert_same_weights(weights(tmp_path / "crashed" / "distilled" / "model.pt"), expected)
+    epochs = [r["epoch"] for r in read_metrics(tmp_path / "crashed" / "distilled" / "metrics.jsonl")]
+    assert epochs[-1] == 3 and sorted(set(epochs)) == [1, 2, 3]
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch,
+                                                      no_report):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    forward = SoftTargetKD.forward
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(self, *args, **kwargs):
+        calls["n"] += 1
+        value = forward(self, *args, **kwargs)
+        return value * float("nan") if calls["n"] > STEPS_PER_EPOCH + 2 else value
+
+    monkeypatch.setattr(SoftTargetKD, "forward", nan_in_epoch_two)
+    with pytest.raises(TrainingDiverged) as err:
+        run(tiny_recipe)
+    ckpt_path = tmp_path / "run" / "distilled" / "checkpoint.pt"
+    message = str(err.value)
+    assert "[distilled/kd] loss became nan at epoch 2, step 3/8 (non-finite terms: kd, loss)" in message
+    assert str(ckpt_path) in message and "Lower the learning rate (0.05)" in message
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and state["done"] is False
+    assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+
+    monkeypatch.setattr(SoftTargetKD, "forward", forward)  # "lower the learning rate" and rerun: it resumes
+    _, log = run(tiny_recipe)
+    assert any("resuming from" in line and "at epoch 1" in line for line in log)
+    assert (tmp_path / "run" / "distilled" / "model.pt").is_file()
+
+
+def test_corrupt_resume_checkpoint_names_the_file(tmp_path, tiny_recipe, no_report):
+    bad = tmp_path / "run" / "teacher" / "checkpoint.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x00garbage, not a zip file" * 10)
+    with pytest.raises(CheckpointError) as err:
+        run(tiny_recipe)
+    assert f"checkpoint {bad} cannot be read" in str(err.value) and "delete it to retrain" in str(err.value)
+
+
+def test_corrupt_teacher_checkpoint_names_the_file(tmp_path, tiny_recipe, no_report):
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    tiny_recipe["teacher"]["checkpoint"] = str(bad)
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad} cannot be read"):
+        run(tiny_recipe)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        tiny_recipe["teacher"]["checkpoint"] = str(tmp_path / "missing.pt")
+        run(tiny_recipe)
+
+
+def test_teacher_checkpoint_for_other_classes(tmp_path, tiny_recipe, no_report):
+    spec = {"name": "cnn", "args": {**TEACHER_SPEC["args"], "num_classes": 5}}
+    path = tmp_path / "five.pt"
+    save_model(build_model(spec["name"], spec["args"]), spec, path)
+    tiny_recipe["teacher"]["checkpoint"] = str(path)  # recipe args: 10 classes (the data's)
+    with pytest.raises(CheckpointError) as err:
+        run(tiny_recipe)
+    assert f"the weights in {path} do not fit the model" in str(err.value)
+    assert "classifier.weight" in str(err.value) and "model name and args" in str(err.value)
+    # the teacher's args say 5 classes too: the weights fit, but not the data or the student
+    tiny_recipe["teacher"]["args"]["num_classes"] = 5
+    with pytest.raises(ShapeError, match="the teacher predicts 5 classes but the data has 10"):
+        run(tiny_recipe)
+
+
+def test_student_with_other_classes_fails_before_the_teacher_trains(tmp_path, tiny_recipe, no_report):
+    tiny_recipe["student"]["args"]["num_classes"] = 7
+    with pytest.raises(ShapeError, match="the student predicts 7 classes but the data has 10"):
+        run(tiny_recipe)
+    assert not (tmp_path / "run" / "teacher" / "checkpoint.pt").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .taps import _first_tensor
 
 
@@ -27,6 +28,11 @@ def module_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[
     model.eval()
     try:
         model(torch.zeros(2, *input_shape))
+    except RuntimeError as e:  # wrong channel count or too small an input: a bad option, not a crash
+        raise ConfigError(
+            f"{type(model).__name__} cannot run on an input of shape {','.join(map(str, input_shape))} "
+            f"({str(e).splitlines()[0][:200]}). Check --input-shape (C,H,W) and the model's --args."
+        ) from None
     finally:
         model.train(was)
         for h in handles:

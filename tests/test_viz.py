@@ -20,7 +20,7 @@ from hintdistill.models import build_model
 from hintdistill.run_folder import Run, image_example
 from hintdistill.taps import Taps
 from hintdistill.terms.detection import NeckHints
-from hintdistill.viz import feature_maps, recipe_pairs, viz_command
+from hintdistill.viz import detection_panels, feature_maps, recipe_pairs, viz_command
 
 torch.set_num_threads(1)  # tiny models: more threads only fight the other jobs on 2 cores
 
@@ -167,6 +167,10 @@ def test_viz_detection_neck_levels_and_boxes(tmp_path, capsys):
     bias = run.terms_state(0)["neck_hints.hints.0.adapter.bias"]
     expected = torch.nn.functional.conv2d(maps[0].guided[None], weight, bias)[0]
     torch.testing.assert_close(maps[0].adapted, expected)
+    panels = detection_panels(run, image_example(run, image, 160))
+    assert [title for title, _ in panels] == ["teacher", "baseline", "distilled"]
+    for _, det in panels:  # untrained: nothing passes 0.25, so each model's best five guesses are shown
+        assert ("note" in det and len(det["boxes"]) <= 5) or bool((det["scores"] > 0.25).all())
     assert main(["viz", str(run_dir), "--image", str(image), "--input-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
 

@@ -131,8 +131,9 @@ def feature_figure(image: torch.Tensor, maps: FeatureMaps, title: str = "") -> F
 
 def detection_figure(image: torch.Tensor, panels: Sequence[tuple[str, dict]], class_names: Sequence[str],
                      conf_thresh: float) -> Figure:
-    """``image`` with each panel's boxes side by side; ``panels`` are (title, {boxes, scores?, labels}),
-    boxes xyxy in the image's pixels. A panel without ``scores`` (ground truth) shows class names only."""
+    """``image`` with each panel's boxes side by side; ``panels`` are (title, {boxes, scores?, labels, note?}),
+    boxes xyxy in the image's pixels. A panel without ``scores`` (ground truth) shows class names only;
+    ``note`` replaces the box count under the title."""
     n = len(panels)
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 5.6), squeeze=False, layout="constrained")
     colors = plt.get_cmap("tab10")
@@ -145,10 +146,14 @@ def detection_figure(image: torch.Tensor, panels: Sequence[tuple[str, dict]], cl
             color = colors(label % 10)
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5))
             name = class_names[label] if label < len(class_names) else f"class {label}"
-            text = name if scores is None else f"{name} {float(scores[i]):.2f}"
-            ax.text(x1, y1, text, fontsize=7, color="white", va="bottom",
+            score = None if scores is None else float(scores[i])
+            text = name if score is None else f"{name} {score:.2f}" if score >= 0.01 else f"{name} {score:.0e}"
+            right = x1 > 0.7 * image.shape[-1]  # labels near the right edge grow leftwards, inside the image
+            ax.text(x2 if right else x1, y1, text, fontsize=7, color="white", va="bottom", clip_on=True,
+                    ha="right" if right else "left",
                     bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
         count = f"{len(boxes)} boxes" if scores is None else f"{len(boxes)} boxes with score > {conf_thresh:g}"
+        count = det.get("note", count)
         ax.set_title(f"{title}\n{count}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])

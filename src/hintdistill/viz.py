@@ -30,6 +30,7 @@ from .terms.hints import HintLoss, feature_distance
 
 NECK_LEVELS = [("neck.p3", "neck.p3"), ("neck.p4", "neck.p4"), ("neck.p5", "neck.p5")]
 CONF_THRESH, IOU_THRESH = 0.25, 0.45
+LOW_CONF, TOP_WHEN_NONE = 0.001, 5
 
 
 @dataclass
@@ -133,7 +134,14 @@ def detection_panels(run: Run, example: Example) -> list[tuple[str, dict]]:
         panels.append(("ground truth", {"boxes": example.target["boxes"], "labels": example.target["labels"]}))
     for phase in sorted(run.phases, key=lambda p: (not p.startswith("teacher"), p != "baseline", p)):
         model = run.model(phase)
-        panels.append((phase, model.postprocess(model(example.x), CONF_THRESH, IOU_THRESH)[0]))
+        det = model.postprocess(model(example.x), LOW_CONF, IOU_THRESH)[0]
+        keep = det["scores"] > CONF_THRESH
+        if keep.any() or not len(keep):
+            det = {k: v[keep] for k, v in det.items()}
+        else:  # an early or weak model: its best few guesses say more than an empty panel
+            det = {**{k: v[:TOP_WHEN_NONE] for k, v in det.items()},
+                   "note": f"no box > {CONF_THRESH:g}; its top {min(TOP_WHEN_NONE, len(keep))} shown"}
+        panels.append((phase, det))
     return panels
 
 

@@ -14,6 +14,7 @@ import datetime
 import html
 import json
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,7 +150,9 @@ def write_report(run_dir: str | Path) -> Path:
                        "any pair of layers.</p>")
             return
         example = run_folder.first_test_example(run)
-        maps = viz.feature_maps(run, example, pairs)
+        with warnings.catch_warnings():  # an untrained adapter is said in the figure's caption instead
+            warnings.simplefilter("ignore", UserWarning)
+            maps = viz.feature_maps(run, example, pairs)
         for i, m in enumerate(maps):
             report.figure(f"features_{i}_{viz.safe_name(m.hint_name)}__{viz.safe_name(m.guided_name)}",
                           f"First test image: teacher hint {m.hint_name}, distilled student's guided {m.guided_name} "
@@ -171,13 +174,14 @@ def write_report(run_dir: str | Path) -> Path:
     report.section("Training curves", curves_section)
     report.section("Feature maps and detections", features_section)
     report.section("Distillation stages and recipe", recipe_section)
-    if report.problems:
+    problems = ""
+    if report.problems:  # at the top, so a missing figure is never mistaken for a quiet success
         items = "".join(f"<li>{html.escape(p)}</li>" for p in report.problems)
-        report.add(f'<h2>Problems</h2><ul class="problem" id="problems">{items}</ul>')
+        problems = f'<h2>Problems</h2><ul class="problem" id="problems">{items}</ul>'
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} report</title>'
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<p class="meta">hintdistill run report, {html.escape(str(run_dir))}, written {when}</p>'
+            f'<p class="meta">hintdistill run report, {html.escape(str(run_dir))}, written {when}</p>{problems}'
             + "\n".join(report.parts) + "</body></html>\n")
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")

@@ -154,6 +154,9 @@ def hint_term(guided, hint, **kw) -> HintLoss:
 def test_hint_loss_identity_adapter_uses_the_distance():
     term = hint_term(GUIDED, HINT, adapter="identity", reduction="sum")
     assert term({"feat:g": GUIDED}, [{"feat:h": HINT}]).item() == pytest.approx(4.5625)
+    # a mask keeping only the first row of each example: ½(1 + 4) and ½(1 + 1), averaged -> 1.75
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).view(1, 1, 2, 2).expand(2, 1, 2, 2)
+    assert term({"feat:g": GUIDED}, [{"feat:h": HINT}], mask=mask).item() == pytest.approx(1.75)
     assert isinstance(term.adapter, nn.Identity)
     assert list(term.parameters()) == []
 

@@ -111,6 +111,15 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
     total_epochs = sum(s.epochs for s in phase.stages)
     global_epoch = 0
     metrics: dict = dict(state["last_metrics"]) if state and "last_metrics" in state else {}
+    # Each finished stage's terms (its trained adapters), kept for viz and the report.
+    stage_terms: dict[int, dict] = dict(state.get("stage_terms", {})) if state else {}
+
+    def save(**fields) -> None:
+        if d.main:
+            atomic_save({"phase": phase.name, "spec": phase.spec, "student": student.state_dict(),
+                         "elapsed_s": elapsed, "last_metrics": metrics, "stage_terms": stage_terms, "done": False,
+                         **fields}, ckpt_path)
+
     for si, stage in enumerate(phase.stages):
         if state is not None and si < state["stage"]:
             global_epoch += stage.epochs
@@ -186,16 +195,12 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
                                       for k, v in metrics.items() if isinstance(v, (int, float)))
                 log_every_epoch(f"[{phase.name}/{stage.name}] epoch {global_epoch + epoch + 1}/{total_epochs} "
                                 f"{losses_txt} | test {metric_txt} | {train_s:.1f}s")
-                atomic_save({"phase": phase.name, "spec": phase.spec, "student": student.state_dict(),
-                             "terms": distiller.terms.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "stage": si,
-                             "epoch": epoch + 1, "elapsed_s": elapsed, "last_metrics": metrics, "done": False},
-                            ckpt_path)
+            save(terms=distiller.terms.state_dict(), optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), rng=torch.get_rng_state(), stage=si, epoch=epoch + 1)
+        stage_terms[si] = {k: v.detach().cpu() for k, v in distiller.terms.state_dict().items()}
         # The next stage starts at its own epoch 0; an unfinished later stage resumes from here.
-        if d.main and stage.epochs > 0 and si + 1 < len(phase.stages):
-            atomic_save({"phase": phase.name, "spec": phase.spec, "student": student.state_dict(),
-                         "rng": torch.get_rng_state(), "stage": si + 1, "epoch": 0, "elapsed_s": elapsed,
-                         "last_metrics": metrics, "done": False}, ckpt_path)
+        if stage.epochs > 0 and si + 1 < len(phase.stages):
+            save(rng=torch.get_rng_state(), stage=si + 1, epoch=0)
         global_epoch += stage.epochs
         state = None
         for p in student.parameters():
@@ -205,7 +210,6 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
     results = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "train_s": elapsed}
     if d.main:
         save_model(student, phase.spec, model_path)
-        atomic_save({"phase": phase.name, "spec": phase.spec, "student": student.state_dict(), "done": True,
-                     "results": results, "elapsed_s": elapsed}, ckpt_path)
+    save(done=True, results=results)
     log.close()
     return results

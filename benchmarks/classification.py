@@ -1,0 +1,135 @@
+"""Fashion-MNIST distillation benchmark: a Hinton-style table for two teacher/student pairs.
+
+    python benchmarks/classification.py [--pairs mlp cnn] [--seeds 0 1 2] [--out benchmarks/runs]
+
+- ``mlp``: recipes/fashion_mnist_kd.yaml (Hinton's 2x1200 teacher with dropout + jitter, 2x800 student).
+- ``cnn``: recipes/fashion_mnist_fitnets.yaml (wide CNN teacher, thin deeper CNN student); rows kd
+  (its KD stage alone) and hint_kd (FitNets: hint stage, then the same KD stage).
+
+The teacher is trained once (first seed) and loaded for the other seeds; baseline and distilled
+students use the same epochs, optimizer and initial weights for a given seed. Every run goes through
+``hintdistill``'s own pipeline; interrupted runs resume. Results: benchmarks/results/classification.json
+and a table printed in Markdown for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from hintdistill.config import recipe_from_dict
+from hintdistill.engine.pipeline import run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = {"mlp": "recipes/fashion_mnist_kd.yaml", "cnn": "recipes/fashion_mnist_fitnets.yaml"}
+
+
+def variants(pair: str, base: dict) -> dict[str, dict]:
+    """Recipe trees per distilled row (the baseline comes with the first variant)."""
+    if pair == "mlp":
+        return {"kd": base}
+    kd_only = dict(base, distill=[s for s in base["distill"] if s.get("trainable", "all") == "all"
+                                  and not any(t["type"] == "hint" for t in s["terms"])])
+    return {"kd": kd_only, "hint_kd": base}
+
+
+def run_pair(pair: str, seeds: list[int], out: Path) -> dict[str, list[dict]]:
+    base = yaml.safe_load((ROOT / PAIRS[pair]).read_text())
+    rows: dict[str, list[dict]] = {}
+    teacher_ckpt = None
+    for seed in seeds:
+        for i, (row, tree) in enumerate(variants(pair, base).items()):
+            tree = json.loads(json.dumps(tree))
+            tree.update(seed=seed, name=f"{pair}-{row}-seed{seed}", output_dir=str(out / pair / row / f"seed{seed}"))
+            if i > 0:
+                tree["baseline"] = None
+            if teacher_ckpt:
+                tree["teacher"]["checkpoint"] = teacher_ckpt
+            summary = run_recipe(recipe_from_dict(tree))
+            for r in summary["rows"]:
+                name = {"distilled": row}.get(r["model"], r["model"])
+                if name == "teacher" and teacher_ckpt:
+                    continue  # the same teacher, loaded again
+                rows.setdefault(name, []).append({**r, "seed": seed})
+            if teacher_ckpt is None:
+                teacher_ckpt = str(out / pair / row / f"seed{seed}" / "teacher" / "model.pt")
+        print(json.dumps({k: [round(v["accuracy"], 4) for v in vs] for k, vs in rows.items()}), flush=True)
+    return rows
+
+
+def aggregate(pair: str, rows: dict[str, list[dict]], epochs: dict[str, int]) -> list[dict]:
+    out = []
+    for name, runs in rows.items():
+        errs = [r["errors"] for r in runs]
+        accs = [r["accuracy"] for r in runs]
+        out.append({
+            "name": f"{pair}/{name}", "arch": runs[0]["arch"], "params": runs[0]["params"],
+            "gflops": runs[0]["gflops"], "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in runs),
+            "test_errors_mean": statistics.mean(errs), "test_errors_std": statistics.stdev(errs) if len(errs) > 1 else 0.0,
+            "accuracy_mean": statistics.mean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "seeds": [r["seed"] for r in runs], "epochs": epochs[name],
+            "wall_s": statistics.mean(r["train_s"] for r in runs),
+        })
+    return out
+
+
+def stage_epochs(pair: str) -> dict[str, int]:
+    base = yaml.safe_load((ROOT / PAIRS[pair]).read_text())
+    v = variants(pair, base)
+    e = {"teacher": base["teacher"]["train"]["epochs"], "baseline": base["baseline"]["epochs"]}
+    for row, tree in v.items():
+        e[row] = sum(s["epochs"] for s in tree["distill"])
+    return e
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| pair/row | params | test errors (of 10,000) | accuracy | seeds | epochs | CPU ms/img | train wall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {r['params'] / 1e3:.0f}K | {r['test_errors_mean']:.1f} ± {r['test_errors_std']:.1f} | "
+            f"{100 * r['accuracy_mean']:.2f}% ± {100 * r['accuracy_std']:.2f} | {len(r['seeds'])} | {r['epochs']} | "
+            f"{r['cpu_ms_per_image']:.3f} | {r['wall_s'] / 60:.1f} min |")
+    by = {r["name"]: r for r in results}
+    for pair in sorted({r["name"].split("/")[0] for r in results}):
+        t, b = by.get(f"{pair}/teacher"), by.get(f"{pair}/baseline")
+        for row in ("kd", "hint_kd"):
+            s = by.get(f"{pair}/{row}")
+            if t and b and s and b["test_errors_mean"] != t["test_errors_mean"]:
+                closed = (b["test_errors_mean"] - s["test_errors_mean"]) / (b["test_errors_mean"] - t["test_errors_mean"])
+                lines.append(f"\n{pair}/{row} closes {100 * closed:.0f}% of the baseline-to-teacher error gap "
+                             f"(target: 50%).")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", nargs="+", default=["mlp", "cnn"], choices=list(PAIRS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--out", default=str(ROOT / "benchmarks/runs"))
+    a = p.parse_args()
+    t0 = time.time()
+    results = []
+    for pair in a.pairs:
+        results += aggregate(pair, run_pair(pair, a.seeds, Path(a.out)), stage_epochs(pair))
+    dest = ROOT / "benchmarks/results/classification.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(dest.read_text()) if dest.is_file() else []
+    keep = [r for r in old if r["name"].split("/")[0] not in a.pairs]
+    dest.write_text(json.dumps(keep + results, indent=2))
+    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+          f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")
+    print(markdown(keep + results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,5 +54,15 @@ def ciou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
         CIoU = IoU − ρ²(centres) / c² − α·v,   v = 4/π² (atan(w_g/h_g) − atan(w/h))²,   α = v / (1 − IoU + v)
 
     where c is the diagonal of the smallest box enclosing both; α is treated as a constant for gradients.
+    Boxes are given at least ``MIN_SIZE`` pixels of width and height first: a predicted size that rounds to
+    0 in xyxy (a tiny (2σ(t))² next to a large centre) makes torchvision's atan(w/h) backward 0·∞ = NaN.
     """
-    return 1.0 - complete_box_iou_loss(boxes1, boxes2, reduction="none")
+    return 1.0 - complete_box_iou_loss(min_size(boxes1), min_size(boxes2), reduction="none")
+
+
+MIN_SIZE = 1e-3
+
+
+def min_size(b: torch.Tensor, size: float = MIN_SIZE) -> torch.Tensor:
+    """xyxy boxes with ``x2 ≥ x1 + size`` and ``y2 ≥ y1 + size``."""
+    return torch.cat([b[..., :2], torch.maximum(b[..., 2:4], b[..., :2] + size)], dim=-1)

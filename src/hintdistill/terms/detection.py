@@ -24,7 +24,9 @@ background/foreground split), and
     L_b    = ‖R_s − y‖²  if ‖R_s − y‖² + m > ‖R_t − y‖², else 0        (teacher-bounded regression)
     L_reg  = L_box(R_s, y) + ν · L_b
 
-R and y are the box parameters (``box_params``) at the GT positives of ``assign_targets``. This term
+R and y are the box parameters (``box_params``) at the GT positives of ``assign_targets``. For the
+ablation of Chen et al.'s Table 4 (L2 vs L2-B), ``regression="l2"`` replaces L_b by the unbounded
+``‖R_s − R_t‖²`` (the teacher's box as the target, whatever its error). This term
 returns ``(1 − μ) · L_soft + ν · L_b``; μ · L_hard is YoloLoss's objectness and class part, so μ is the
 weight of the hard classification loss relative to the soft one: ``ChenDetectionKD.yolo_loss()`` gives
 the YoloLoss with its objectness and class weights multiplied by μ (its box loss untouched). L_soft is
@@ -122,10 +124,13 @@ class ChenDetectionKD(Term):
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), mu: float = 0.5,
                  temperature: float = 1.0, background_weight: float = 1.5, margin: float = 0.0, nu: float = 0.5,
-                 anchor_t: float = 4.0, teacher_index: int = 0):
+                 anchor_t: float = 4.0, teacher_index: int = 0, regression: str = "bounded"):
         super().__init__()
         if not 0.0 <= mu <= 1.0:
             raise ConfigError(f"ChenDetectionKD mu={mu}: mu is the hard-loss share and must be in [0, 1]")
+        if regression not in ("bounded", "l2"):
+            raise ConfigError(f"ChenDetectionKD regression='{regression}': choose 'bounded' (L2-B) or 'l2'")
+        self.regression = regression
         self.register_buffer("anchors", as_anchor_tensor(anchors))
         self.strides = [float(s) for s in strides]
         self.mu, self.temperature, self.background_weight = mu, temperature, background_weight
@@ -152,7 +157,7 @@ class ChenDetectionKD(Term):
         return torch.cat(per_cell).mean()
 
     def bounded_regression(self, s_maps: list[torch.Tensor], t_maps: list[torch.Tensor], targets: list[dict]):
-        """L_b averaged over the GT positives (0 without positives)."""
+        """L_b (or, with ``regression="l2"``, ‖R_s − R_t‖²) averaged over the GT positives (0 without any)."""
         anchors = self.anchors.to(s_maps[0].device)
         positives = assign_targets(targets, anchors, self.strides, [tuple(m.shape[2:4]) for m in s_maps],
                                    self.anchor_t)
@@ -160,9 +165,13 @@ class ChenDetectionKD(Term):
         for level, (s, t, pos) in enumerate(zip(s_maps, t_maps, positives, strict=True)):
             if not len(pos):
                 continue
+            r_s = box_params(s[pos.batch, pos.anchor, pos.gj, pos.gi].float())
+            r_t = box_params(t[pos.batch, pos.anchor, pos.gj, pos.gi].detach().float())
+            if self.regression == "l2":
+                losses.append(((r_s - r_t) ** 2).sum(-1))
+                continue
             y = target_box_params(pos, anchors[level], self.strides[level])
-            d_s = ((box_params(s[pos.batch, pos.anchor, pos.gj, pos.gi].float()) - y) ** 2).sum(-1)
-            d_t = ((box_params(t[pos.batch, pos.anchor, pos.gj, pos.gi].detach().float()) - y) ** 2).sum(-1)
+            d_s, d_t = ((r_s - y) ** 2).sum(-1), ((r_t - y) ** 2).sum(-1)
             losses.append(d_s * (d_s + self.margin > d_t))
         return torch.cat(losses).mean() if losses else s_maps[0].sum() * 0
 

@@ -1,0 +1,145 @@
+"""From a detection recipe to objects: VOC/COCO loaders, k-means anchors, detection loss terms.
+
+``build_detection_data`` reads the training split once, computes 9 anchors by k-means over its letterboxed
+box sizes (``anchors.kmeans_anchors``) and hands them to the models as a default argument (so they are in
+every ``model.pt``'s spec and state_dict) and to the terms through ``TaskData.context``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.transforms.v2 as T
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..build import TaskData
+from ..config import Recipe
+from ..data.voc import CocoDetection, DetectionDataset, VOCDetection, detection_collate
+from ..errors import ConfigError, DataError
+from ..terms.base import Term
+from ..terms.detection import ChenDetectionKD, NeckHints, ObjectnessScaledKD
+from .anchors import kmeans_anchors
+from .loss import YoloLoss
+
+STRIDES = (8, 16, 32)
+# Evaluation holds the whole batch's activations; 512 images (the classification default) at 320 px
+# would need tens of GB, so a detection recipe that does not set eval_batch_size gets this.
+DEFAULT_EVAL_BATCH = 16
+
+
+def train_transforms(augment: list[str]) -> T.Compose:
+    """The photometric/flip part of ``augment`` (mosaic is the dataset's own switch)."""
+    unknown = set(augment) - {"hflip", "jitter", "mosaic"}
+    if unknown:
+        raise ConfigError(f"augment {sorted(unknown)} is not available for detection; use hflip, jitter, mosaic")
+    steps = []
+    if "hflip" in augment:
+        steps.append(T.RandomHorizontalFlip(0.5))
+    if "jitter" in augment:
+        steps.append(T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.015))
+    return T.Compose(steps or [T.Identity()])
+
+
+def open_split(recipe: Recipe, split: str) -> DetectionDataset:
+    """One split of the recipe's VOC folder or COCO layout, unaugmented; a missing path is a DataError."""
+    d = recipe.data
+    if not d.data_dir:
+        raise ConfigError(f"data.data_dir must name the {d.name.upper()} folder for a detection recipe")
+    root = Path(d.data_dir).expanduser()
+    if not root.exists():
+        raise DataError(f"data.data_dir {root} (resolved: {root.resolve()}) does not exist; a relative path is "
+                        f"taken from the current folder ({Path.cwd()})")
+    if d.name == "voc":
+        return VOCDetection(root, split, d.image_size, classes=d.classes)
+    if d.name == "coco":
+        # COCO layout: <data_dir>/<split>/ (images) and <data_dir>/annotations/instances_<split>.json
+        return CocoDetection(root / split, root / "annotations" / f"instances_{split}.json", d.image_size,
+                             classes=d.classes)
+    raise ConfigError(f"data.name '{d.name}' is a classification data set; set task: classification")
+
+
+class EpochLoader:
+    """A DataLoader whose shuffling (and augmentation randomness) is a function of ``seed`` and the epoch."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int, world: int, workers: int,
+                 shuffle: bool = True):
+        self.dataset, self.seed = dataset, seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed) if world > 1 else None
+        self.loader = DataLoader(dataset, batch_size, shuffle=shuffle and self.sampler is None,
+                                 sampler=self.sampler, generator=self.generator, num_workers=workers,
+                                 collate_fn=detection_collate, drop_last=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        if self.loader.num_workers == 0:
+            random.seed(self.seed + epoch)  # mosaic draws from ``random``; workers seed it from the generator
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def build_detection_data(recipe: Recipe) -> TaskData:
+    """Loaders, classes, k-means anchors (as model defaults) and the terms' context for a detection recipe."""
+    d = recipe.data
+    train_set = open_split(recipe, d.train_split)
+    test_set = open_split(recipe, d.test_split)
+    if train_set.classes != test_set.classes:
+        raise DataError(f"the {d.train_split} and {d.test_split} splits name different classes "
+                        f"({train_set.classes} vs {test_set.classes}); list them in data.classes")
+    if d.train_subset:
+        train_set.records = train_set.records[: d.train_subset]
+    if d.test_subset:
+        test_set.records = test_set.records[: d.test_subset]
+    records, classes, size = train_set.records, train_set.classes, d.image_size
+    # fixed k-means seed: every seed, teacher and student of a recipe shares one set of anchors
+    anchors = kmeans_anchors(train_set.box_sizes(), k=9, seed=0)
+    anchor_list = [[round(float(v), 2) for v in wh] for wh in anchors]
+    eval_batch = recipe.eval_batch_size if "eval_batch_size" in recipe.model_fields_set else DEFAULT_EVAL_BATCH
+    test_loader = DataLoader(test_set, eval_batch, shuffle=False, num_workers=d.workers,
+                             collate_fn=detection_collate)
+
+    def train_loader(batch_size: int, augment, seed: int, rank: int, world: int) -> EpochLoader:
+        augment = list(augment)
+        train = bool(augment)
+        ds = DetectionDataset(records, classes, size, train=train, mosaic="mosaic" in augment,
+                              source=train_set.source)
+        ds.augment = train_transforms(augment)
+        return EpochLoader(ds, batch_size, seed, rank, world, d.workers)
+
+    n = len(classes)
+    return TaskData("detection", train_loader, test_loader, n, (3, size, size), classes, primary_metric="map50",
+                    model_defaults={"num_classes": n, "anchors": anchor_list},
+                    context={"anchors": anchor_list, "strides": STRIDES})
+
+
+def build_detection_term(cfg: Any, context: dict) -> Term:
+    """One detection loss term (``detection``, ``objectness_kd``, ``chen_kd``, ``neck_hints``) from its recipe
+    entry; anchors and strides come from the task (``context``)."""
+    kind = cfg.type
+    if kind not in ("detection", "objectness_kd", "chen_kd", "neck_hints"):
+        raise ConfigError(f"unknown term type '{kind}'")
+    teacher_index = getattr(cfg, "teacher_index", 0)
+    if kind == "objectness_kd":
+        return ObjectnessScaledKD(cfg.lambda_d, cfg.fm_nms, teacher_index)
+    if kind == "neck_hints":
+        return NeckHints(cfg.levels, cfg.distance, cfg.adapter, cfg.imitation_mask, cfg.psi,
+                         context.get("anchors"), context.get("strides", STRIDES), teacher_index)
+    if "anchors" not in context:
+        raise ConfigError(f"the '{kind}' term needs a detector's anchors: use it in a recipe with task: detection")
+    anchors, strides = context["anchors"], context.get("strides", STRIDES)
+    if kind == "detection":
+        # optional per-part weights (e.g. Chen et al.'s μ on the hard objectness/class loss)
+        weights = {k: getattr(cfg, k) for k in ("box_weight", "obj_weight", "cls_weight")
+                   if getattr(cfg, k, None) is not None}
+        return YoloLoss(anchors, strides, **weights)
+    return ChenDetectionKD(anchors, strides, cfg.mu, cfg.temperature, cfg.background_weight, cfg.margin, cfg.nu,
+                           teacher_index=teacher_index, regression=getattr(cfg, "regression", "bounded"))

@@ -106,8 +106,8 @@ def test_viz_default_layers_are_the_recipe_hints(cls_run, image_file, tmp_path, 
     written = sorted(p.name for p in tmp_path.glob("*.png"))
     assert written == ["shoe_features_0_features.stage2__features.stage2.png"]
     text = capsys.readouterr().out
-    # the FitNets adapter lives in stage 1; the finished checkpoint does not keep it, and the figure says so
-    assert "untrained" in text and "written:" in text
+    # the FitNets adapter lives in stage 1; the finished checkpoint keeps it (stage_terms), so it is the trained one
+    assert "untrained" not in text and "written:" in text
 
 
 def test_viz_feature_maps_shapes_and_distance(cls_run, image_file):

@@ -15,7 +15,7 @@ from hintdistill.distiller import Distiller
 from hintdistill.engine.checkpoint import load_model, safe_load, save_model
 from hintdistill.engine.logging import read_metrics
 from hintdistill.engine.pipeline import run_recipe
-from hintdistill.errors import CheckpointError, ShapeError, TrainingDiverged
+from hintdistill.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
 from hintdistill.metrics import evaluate_classifier
 from hintdistill.models import build_model
 from hintdistill.terms import SoftTargetKD
@@ -116,6 +116,13 @@ def test_full_run_outputs_then_rerun_skips_finished_phases(tiny_recipe, no_repor
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")} == stamp
     assert len(read_metrics(out / "distilled" / "metrics.jsonl")) == 3
     assert [r["accuracy"] for r in summary2["rows"]] == [r["accuracy"] for r in summary["rows"]]
+
+    # a changed recipe in the same folder is refused, not silently answered with the old results
+    tree["distill"][1]["epochs"] = 3
+    with pytest.raises(ConfigError) as err:
+        run(tree)
+    assert "'distilled' phase trained with other settings" in str(err.value) and "--output-dir" in str(err.value)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")} == stamp
 
 
 def crash_at(monkeypatch, call: int):

@@ -3,6 +3,8 @@ trainable modules and optimizer; evaluation every epoch; atomic checkpoints and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 import time
@@ -17,7 +19,7 @@ from tqdm import tqdm
 from ..build import TaskData, build_terms
 from ..config import StageConfig, TrainConfig
 from ..distiller import Distiller
-from ..errors import TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..taps import modules_up_to
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
@@ -38,6 +40,13 @@ class Phase:
 def as_stage(cfg: TrainConfig, name: str) -> StageConfig:
     """A plain training config (teacher, baseline) is a single stage."""
     return StageConfig(name=name, **cfg.model_dump())
+
+
+def phase_fingerprint(phase: Phase, seed: int) -> str:
+    """A hash of what decides a phase's result, so a rerun never mistakes another recipe's checkpoint for its own."""
+    blob = json.dumps({"spec": phase.spec, "seed": seed, "stages": [s.model_dump(mode="json") for s in phase.stages]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -97,6 +106,12 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
     folder = run_dir / phase.name
     ckpt_path, model_path = folder / "checkpoint.pt", folder / "model.pt"
     state = safe_load(ckpt_path) if ckpt_path.is_file() else None
+    fingerprint = phase_fingerprint(phase, seed)
+    if state is not None and state.get("fingerprint", fingerprint) != fingerprint:
+        raise ConfigError(
+            f"{folder} holds a '{phase.name}' phase trained with other settings (model, stages or seed changed "
+            f"since). Rerun with another --output-dir, or delete {folder} to train this phase again."
+        )
     student = phase.student.to(device)
     if state is not None:
         load_state(student, state["student"], str(ckpt_path))
@@ -118,6 +133,7 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
         if d.main:
             atomic_save({"phase": phase.name, "spec": phase.spec, "student": student.state_dict(),
                          "elapsed_s": elapsed, "last_metrics": metrics, "stage_terms": stage_terms, "done": False,
+                         "fingerprint": fingerprint,
                          **fields}, ckpt_path)
 
     for si, stage in enumerate(phase.stages):

@@ -64,14 +64,14 @@ def test_inspect_lists_modules_with_shapes(capsys):
 
 
 def test_inspect_suggests_hint_guided_pairs(capsys):
-    argv = ["inspect", "cnn", "--input-shape", "1,28,28", "--args", '{"widths": [32, 64], "depth": 1}',
-            "--student", "cnn", "--student-args", '{"widths": [8, 16], "depth": 1}']
+    argv = ["inspect", "cnn", "--input-shape", "1,28,28", "--args", '{"widths": [32, 64, 128], "depth": 1}',
+            "--student", "cnn", "--student-args", '{"widths": [8, 16, 32], "depth": 2}']
     assert main(argv) == 0
     out = capsys.readouterr().out.split("suggested hint (teacher) -> guided (student) pairs")[1]
     pairs = [line.split() for line in out.splitlines() if line.strip().startswith("hint:")]
     assert pairs
     for _, hint, _, guided, _, adapter in pairs:
-        assert adapter == "conv1x1"  # widths differ: 32 vs 8, 64 vs 16
+        assert adapter == "conv1x1"  # widths differ: 32 vs 8, 64 vs 16, 128 vs 32
         assert hint.split(".")[:2] == guided.split(".")[:2]  # same stage: the only equal spatial sizes
     assert ["hint:", "features.stage2", "guided:", "features.stage2", "adapter:", "conv1x1"] in pairs
 

@@ -40,29 +40,26 @@ def module_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[
     return rows
 
 
-def suggest_pairs(teacher_rows, student_rows, limit: int = 10) -> list[tuple[str, str, str]]:
-    """(hint, guided, adapter) for feature maps of equal spatial size, at matching relative depth."""
-    def maps(rows):
-        seen, out = set(), []
-        for n, _, shape, _ in rows:
-            if len(shape) == 3 and n not in seen and "." not in n.split(".")[-1]:
-                seen.add(n)
-                out.append((n, shape))
-        return out
+def block_outputs(rows) -> list[tuple[str, tuple[int, ...]]]:
+    """Feature maps at block level: for each spatial size, the module that ends it at the shallowest nesting,
+    e.g. ``layer2`` rather than ``layer2.1.bn2`` and ``features.6`` rather than ``features.6.block.2``."""
+    maps = [(n, shape) for n, _, shape, _ in rows if len(shape) == 3 and shape[1:] != (1, 1)]
+    best: dict[tuple[int, int], tuple[int, int, str, tuple[int, ...]]] = {}
+    for order, (name, shape) in enumerate(maps):
+        key = shape[1:]
+        depth = name.count(".")
+        # shallowest name wins; among equals the later one (the end of that resolution)
+        if key not in best or (depth, -order) <= (best[key][0], -best[key][1]):
+            best[key] = (depth, order, name, shape)
+    return [(name, shape) for _, _, name, shape in sorted(best.values(), key=lambda v: v[1])]
 
-    t_maps, s_maps = maps(teacher_rows), maps(student_rows)
+
+def suggest_pairs(teacher_rows, student_rows) -> list[tuple[str, str, str]]:
+    """(hint, guided, adapter): the block-level maps of teacher and student with equal spatial size."""
+    student = {shape[1:]: (name, shape) for name, shape in block_outputs(student_rows)}
     pairs = []
-    for ti, (tn, ts) in enumerate(t_maps):
-        for si, (sn, ss) in enumerate(s_maps):
-            if ts[1:] == ss[1:]:
-                depth_gap = abs(ti / max(len(t_maps), 1) - si / max(len(s_maps), 1))
-                adapter = "identity" if ts[0] == ss[0] else "conv1x1"
-                pairs.append((depth_gap, tn, sn, adapter))
-    pairs.sort()
-    # Prefer one suggestion per teacher layer: the student layer at the closest relative depth.
-    out, used = [], set()
-    for _, tn, sn, adapter in pairs:
-        if tn not in used:
-            used.add(tn)
-            out.append((tn, sn, adapter))
-    return out[:limit]
+    for t_name, t_shape in block_outputs(teacher_rows):
+        if t_shape[1:] in student:
+            s_name, s_shape = student[t_shape[1:]]
+            pairs.append((t_name, s_name, "identity" if s_shape[0] == t_shape[0] else "conv1x1"))
+    return pairs

@@ -63,10 +63,14 @@ class HintTerm(Strict):
 
 
 class DetectionTerm(Strict):
-    """The detector's own loss (CIoU box, BCE objectness and classes)."""
+    """The detector's own loss (CIoU box, BCE objectness and classes); per-part weights override the defaults
+    (e.g. Chen et al.'s mu on the hard part: obj_weight and cls_weight scaled by mu)."""
 
     type: Literal["detection"]
     weight: Weight = 1.0
+    box_weight: float | None = Field(None, ge=0)
+    obj_weight: float | None = Field(None, ge=0)
+    cls_weight: float | None = Field(None, ge=0)
 
 
 class ObjectnessKDTerm(Strict):
@@ -88,6 +92,7 @@ class ChenKDTerm(Strict):
     background_weight: float = 1.5
     margin: float = 0.0
     nu: float = 0.5
+    regression: Literal["bounded", "l2"] = Field("bounded", description="teacher-bounded L_b, or plain L2 to the teacher")
 
 
 class NeckHintTerm(Strict):

@@ -138,8 +138,7 @@ def build_detection_term(cfg: Any, context: dict) -> Term:
     anchors, strides = context["anchors"], context.get("strides", STRIDES)
     if kind == "detection":
         # optional per-part weights (e.g. Chen et al.'s μ on the hard objectness/class loss)
-        weights = {k: getattr(cfg, k) for k in ("box_weight", "obj_weight", "cls_weight")
-                   if getattr(cfg, k, None) is not None}
+        weights = {k: getattr(cfg, k) for k in ("box_weight", "obj_weight", "cls_weight") if getattr(cfg, k) is not None}
         return YoloLoss(anchors, strides, **weights)
     return ChenDetectionKD(anchors, strides, cfg.mu, cfg.temperature, cfg.background_weight, cfg.margin, cfg.nu,
-                           teacher_index=teacher_index, regression=getattr(cfg, "regression", "bounded"))
+                           teacher_index=teacher_index, regression=cfg.regression)

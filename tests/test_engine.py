@@ -232,3 +232,20 @@ def test_student_with_other_classes_fails_before_the_teacher_trains(tmp_path, ti
     with pytest.raises(ShapeError, match="the student predicts 7 classes but the data has 10"):
         run(tiny_recipe)
     assert not (tmp_path / "run" / "teacher" / "checkpoint.pt").exists()
+
+
+def test_grad_clip_norm_bounds_every_step(tiny_recipe, teacher_checkpoint, no_report):
+    # Plain SGD (no momentum, no decay): each step moves the weights by lr · ‖clipped grad‖ <= lr · clip,
+    # so after 8 steps the student has moved at most 8 · 1.0 · 1e-3 in L2 norm, whatever the loss.
+    tree = tiny_recipe
+    tree["teacher"]["checkpoint"] = teacher_checkpoint
+    tree["teacher"]["args"] = {**TEACHER_SPEC["args"]}
+    tree["distill"][0].update(epochs=1, grad_clip_norm=1e-3,
+                              optimizer={"name": "sgd", "lr": 1.0, "momentum": 0.0, "weight_decay": 0.0})
+    torch.manual_seed(0)
+    start = build_model("cnn", {"widths": [4, 8], "depth": 1, "first_stride": 2, "num_classes": 10})
+    run(tree)
+    end = torch.load(Path(tree["output_dir"]) / "distilled" / "model.pt", weights_only=True)["state_dict"]
+    moved = torch.cat([(end[k].float() - v.float()).flatten() for k, v in start.state_dict().items()
+                       if v.dtype.is_floating_point and "running" not in k])
+    assert 0 < moved.norm() <= STEPS_PER_EPOCH * 1.0 * 1e-3 + 1e-6

@@ -134,6 +134,7 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     augment: list[Literal["jitter", "hflip", "crop", "mosaic"]] = []
+    grad_clip_norm: float | None = Field(None, gt=0, description="clip the gradient's global L2 norm to this")
     terms: list[TermConfig] = [CETerm(type="ce")]
 
 

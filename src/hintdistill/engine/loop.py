@@ -44,7 +44,7 @@ def as_stage(cfg: TrainConfig, name: str) -> StageConfig:
 
 def phase_fingerprint(phase: Phase, seed: int) -> str:
     """A hash of what decides a phase's result, so a rerun never mistakes another recipe's checkpoint for its own."""
-    blob = json.dumps({"spec": phase.spec, "seed": seed, "stages": [s.model_dump(mode="json") for s in phase.stages]},
+    blob = json.dumps({"spec": phase.spec, "seed": seed, "stages": [s.model_dump(mode="json", exclude_defaults=True) for s in phase.stages]},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -187,6 +187,9 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if stage.grad_clip_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(distiller.trainable_parameters(), stage.grad_clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()

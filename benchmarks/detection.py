@@ -100,6 +100,8 @@ class Bench:
         self.base["data"]["image_size"] = self.size
         if a.workers is not None:
             self.base["data"]["workers"] = a.workers
+        self.overrides = {k: v for k, v in (("batch_size", a.batch_size), ("eval_every", a.eval_every))
+                          if v is not None}
         subsets = ""
         for key in ("train_subset", "test_subset"):
             if getattr(a, key):
@@ -107,14 +109,14 @@ class Bench:
                 subsets += f"_{key.split('_')[0]}{getattr(a, key)}"
         self.teacher_epochs = scaled(self.base["teacher"]["train"]["epochs"], a.epochs_scale, a.teacher_epochs)
         self.student_epochs = scaled(self.base["distill"][0]["epochs"], a.epochs_scale, a.student_epochs)
-        self.out = Path(a.out) / f"s{self.size}_t{self.teacher_epochs}_e{self.student_epochs}{subsets}"
+        extra = "".join(f"_{k[0]}{k.split('_')[1][0]}{v}" for k, v in self.overrides.items())  # _bs8, _ee5
+        self.out = Path(a.out) / f"s{self.size}_t{self.teacher_epochs}_e{self.student_epochs}{subsets}{extra}"
         self.teacher_ckpt: dict[str, str] = {}
 
-    @staticmethod
-    def with_epochs(stage: dict, epochs: int) -> dict:
+    def with_epochs(self, stage: dict, epochs: int) -> dict:
         # a scaled-down run keeps the warm-up at most a fifth of its epochs
         stage = copy.deepcopy(stage)
-        stage["epochs"] = epochs
+        stage.update(self.overrides, epochs=epochs)
         schedule = stage.setdefault("schedule", {})
         schedule["warmup_epochs"] = min(schedule.get("warmup_epochs", 0), epochs // 5)
         return stage
@@ -207,6 +209,14 @@ def main() -> int:
     p.add_argument("--input-size", type=int, default=None, help="letterboxed input size (default: the recipe's)")
     p.add_argument("--train-subset", type=int, default=None, help="first N training images (smoke tests)")
     p.add_argument("--test-subset", type=int, default=None, help="first N test images (smoke tests)")
+    p.add_argument("--ablation-seeds", type=int, default=None,
+                   help="run the ablation rows for the first N seeds only (default: all --seeds)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of --results that this invocation does not produce (e.g. ablations run "
+                        "later with fewer seeds)")
+    p.add_argument("--batch-size", type=int, default=None, help="override every stage's batch size")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="test every N epochs (the last epoch always; default: the recipe's)")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (default: the recipe's)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: with 2 threads a training step was 3-7x slower while other "
@@ -222,23 +232,33 @@ def main() -> int:
     for row, why in skipped.items():
         print(f"skipping {row}: {why}", flush=True)
     students = [r for r in students if r not in skipped]
-    results = []
-    t_row, _ = bench.teacher("teacher")
-    if "teacher" in a.rows:
-        results.append(entry("teacher", [t_row], bench.teacher_epochs, bench.size))
-    if any(STUDENT_ROWS[r][0] == "hint_teacher" for r in students):
+    ablation_seeds = a.seeds if a.ablation_seeds is None else a.ablation_seeds
+    teachers = []
+    if "teacher" in a.rows or any(STUDENT_ROWS[r][0] == "teacher" for r in students):
+        t_row, _ = bench.teacher("teacher")
+        if "teacher" in a.rows:
+            teachers.append(entry("teacher", [t_row], bench.teacher_epochs, bench.size))
+    if any(STUDENT_ROWS[r][0] == "hint_teacher" for r in students) and ablation_seeds > 0:
         h_row, _ = bench.teacher("hint_teacher")
-        results.append(entry("hint_teacher", [h_row], bench.teacher_epochs, bench.size))
-    runs: dict[str, list[dict]] = {}
-    for seed in range(a.seeds):
-        for row in students:
-            runs.setdefault(row, []).append(bench.student(row, seed))
-        print(json.dumps({k: [round(v["map50"], 4) for v in vs] for k, vs in runs.items()}), flush=True)
-    results += [entry(row, runs[row], bench.student_epochs, bench.size) for row in students]
-
+        teachers.append(entry("hint_teacher", [h_row], bench.teacher_epochs, bench.size))
     dest = Path(a.results)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(results, indent=2))
+    kept = []  # --merge: rows of an earlier invocation that this one does not produce
+    if a.merge and dest.is_file():
+        produced = {e["name"] for e in teachers} | set(students)
+        kept = [e for e in json.loads(dest.read_text()) if e["name"] not in produced]
+    runs: dict[str, list[dict]] = {}
+    results = kept + teachers
+    for seed in range(a.seeds):
+        for row in students:
+            if row.startswith("ablation/") and seed >= ablation_seeds:
+                continue
+            runs.setdefault(row, []).append(bench.student(row, seed))
+        print(json.dumps({k: [round(v["map50"], 4) for v in vs] for k, vs in runs.items()}), flush=True)
+        # written after every seed, so a run cut short still leaves its finished rows behind
+        results = kept + teachers + [entry(row, runs[row], bench.student_epochs, bench.size) for row in students
+                              if row in runs]
+        dest.write_text(json.dumps(results, indent=2))
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")
     print(markdown(results))

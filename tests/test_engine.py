@@ -249,3 +249,18 @@ def test_grad_clip_norm_bounds_every_step(tiny_recipe, teacher_checkpoint, no_re
     moved = torch.cat([(end[k].float() - v.float()).flatten() for k, v in start.state_dict().items()
                        if v.dtype.is_floating_point and "running" not in k])
     assert 0 < moved.norm() <= STEPS_PER_EPOCH * 1.0 * 1e-3 + 1e-6
+
+
+def test_eval_every_tests_on_schedule_and_after_the_last_epoch(tiny_recipe, teacher_checkpoint, no_report):
+    tree = tiny_recipe
+    tree["teacher"]["checkpoint"] = teacher_checkpoint
+    tree["teacher"]["args"] = {**TEACHER_SPEC["args"]}
+    tree["distill"][0].update(epochs=3, eval_every=2)
+    summary, lines = run(tree)
+    records = read_metrics(Path(tree["output_dir"]) / "distilled" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert ["test/accuracy" in r for r in records] == [False, True, True]
+    assert all("train/loss" in r for r in records)
+    distilled = next(r for r in summary["rows"] if r["model"] == "distilled")
+    assert distilled["accuracy"] == records[-1]["test/accuracy"]  # the summary is the last epoch's test
+    assert any("| test - |" in line for line in lines)

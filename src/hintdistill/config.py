@@ -135,6 +135,8 @@ class TrainConfig(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     augment: list[Literal["jitter", "hflip", "crop", "mosaic"]] = []
     grad_clip_norm: float | None = Field(None, gt=0, description="clip the gradient's global L2 norm to this")
+    eval_every: int = Field(1, gt=0, description="test every N epochs (and always after the last one); "
+                                                   "detection evaluation costs seconds per epoch on a CPU")
     terms: list[TermConfig] = [CETerm(type="ce")]
 
 

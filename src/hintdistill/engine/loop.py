@@ -200,18 +200,20 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             train_s = time.perf_counter() - t0
             elapsed += train_s
-            metrics = data.evaluate(student, device)
+            tested = (epoch + 1) % stage.eval_every == 0 or epoch + 1 == stage.epochs
+            if tested:
+                metrics = data.evaluate(student, device)
             record = {"phase": phase.name, "stage": stage.name, "epoch": global_epoch + epoch + 1,
                       "lr": optimizer.param_groups[0]["lr"], "epoch_s": round(train_s, 3),
                       **{f"train/{k}": v / max(steps, 1) for k, v in sums.items()},
-                      **{f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+                      **{f"test/{k}": v for k, v in metrics.items() if tested and isinstance(v, (int, float))}}
             for name in distiller.weights:
                 record[f"weight/{name}"] = distiller.weight(name)
             log.log(record, global_epoch + epoch + 1)
             if d.main:
                 losses_txt = " ".join(f"{k} {v / max(steps, 1):.4f}" for k, v in sums.items())
                 metric_txt = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                      for k, v in metrics.items() if isinstance(v, (int, float)))
+                                      for k, v in metrics.items() if isinstance(v, (int, float))) if tested else "-"
                 log_every_epoch(f"[{phase.name}/{stage.name}] epoch {global_epoch + epoch + 1}/{total_epochs} "
                                 f"{losses_txt} | test {metric_txt} | {train_s:.1f}s")
             save(terms=distiller.terms.state_dict(), optimizer=optimizer.state_dict(),

@@ -43,7 +43,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from hintdistill.config import ChenKDTerm, recipe_from_dict
+from hintdistill.build import build_data
+from hintdistill.config import ChenKDTerm, load_recipe, recipe_from_dict
+from hintdistill.engine.checkpoint import load_model
 from hintdistill.engine.pipeline import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +86,15 @@ def run(tree: dict) -> dict:
         print(f"finished earlier: {folder}", flush=True)
         return json.loads((folder / "summary.json").read_text())
     return run_recipe(recipe)
+
+
+def with_per_class(row: dict, folder: Path, phase: str) -> dict:
+    """The row with ``ap50_per_class``; runs finished before phases kept it are evaluated again from model.pt."""
+    if "ap50_per_class" not in row:
+        data = build_data(load_recipe(folder / "recipe.yaml"))
+        model, _ = load_model(folder / phase / "model.pt")
+        row = {**row, "ap50_per_class": data.evaluate(model, torch.device("cpu"))["ap50_per_class"]}
+    return row
 
 
 def scaled(epochs: int, scale: float, override: int | None) -> int:
@@ -138,7 +149,7 @@ class Bench:
         summary = run(tree)
         path = str(folder / "teacher" / "model.pt")
         self.teacher_ckpt[which] = path
-        return next(r for r in summary["rows"] if r["model"] == "teacher"), path
+        return with_per_class(next(r for r in summary["rows"] if r["model"] == "teacher"), folder, "teacher"), path
 
     def student(self, row: str, seed: int) -> dict:
         teacher, terms = STUDENT_ROWS[row]
@@ -152,7 +163,8 @@ class Bench:
         stage.update(name="train" if row == "baseline" else "distill", terms=copy.deepcopy(terms))
         tree["distill"] = [stage]
         summary = run(tree)
-        return {**next(r for r in summary["rows"] if r["model"] == "distilled"), "seed": seed}
+        row = with_per_class(next(r for r in summary["rows"] if r["model"] == "distilled"), folder, "distilled")
+        return {**row, "seed": seed}
 
 
 def supported(row: str) -> str | None:
@@ -169,6 +181,8 @@ def entry(name: str, runs: list[dict], epochs: int, size: int) -> dict:
         "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in runs),
         "map50_mean": statistics.mean(m50), "map50_std": statistics.stdev(m50) if len(m50) > 1 else 0.0,
         "map_mean": statistics.mean(m), "map_std": statistics.stdev(m) if len(m) > 1 else 0.0,
+        "ap50_per_class_mean": {c: statistics.mean(r["ap50_per_class"][c] for r in runs)
+                                for c in runs[0]["ap50_per_class"]},
         "seeds": [r.get("seed", 0) for r in runs], "epochs": epochs, "input_size": size,
         "wall_s": statistics.mean(r["train_s"] for r in runs),
     }
@@ -182,6 +196,11 @@ def markdown(results: list[dict]) -> str:
             f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.2f} | {r['map50_mean']:.4f} ± "
             f"{r['map50_std']:.4f} | {r['map_mean']:.4f} ± {r['map_std']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
             f"{r['input_size']} | {r['cpu_ms_per_image']:.1f} | {r['wall_s'] / 60:.1f} min |")
+    classes = list(results[0]["ap50_per_class_mean"]) if results else []
+    lines += ["", "AP@0.5 per class (mean over seeds):", "",
+              "| row | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    lines += [f"| {r['name']} | " + " | ".join(f"{r['ap50_per_class_mean'][c]:.4f}" for c in classes) + " |"
+              for r in results]
     by = {r["name"]: r for r in results}
     t, b = by.get("teacher"), by.get("baseline")
     for row in ("kd", "kd_hint"):
@@ -243,12 +262,16 @@ def main() -> int:
         teachers.append(entry("hint_teacher", [h_row], bench.teacher_epochs, bench.size))
     dest = Path(a.results)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    kept = []  # --merge: rows of an earlier invocation that this one does not produce
-    if a.merge and dest.is_file():
-        produced = {e["name"] for e in teachers} | set(students)
-        kept = [e for e in json.loads(dest.read_text()) if e["name"] not in produced]
+    produced = {e["name"] for e in teachers} | set(students)
+
+    def kept() -> list[dict]:
+        # --merge: the rows another invocation wrote (read again at every write: two may run side by side)
+        if not (a.merge and dest.is_file()):
+            return []
+        return [e for e in json.loads(dest.read_text()) if e["name"] not in produced]
+
     runs: dict[str, list[dict]] = {}
-    results = kept + teachers
+    results = kept() + teachers
     for seed in range(a.seeds):
         for row in students:
             if row.startswith("ablation/") and seed >= ablation_seeds:
@@ -256,7 +279,7 @@ def main() -> int:
             runs.setdefault(row, []).append(bench.student(row, seed))
         print(json.dumps({k: [round(v["map50"], 4) for v in vs] for k, vs in runs.items()}), flush=True)
         # written after every seed, so a run cut short still leaves its finished rows behind
-        results = kept + teachers + [entry(row, runs[row], bench.student_epochs, bench.size) for row in students
+        results = kept() + teachers + [entry(row, runs[row], bench.student_epochs, bench.size) for row in students
                               if row in runs]
         dest.write_text(json.dumps(results, indent=2))
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "

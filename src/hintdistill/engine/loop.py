@@ -228,7 +228,8 @@ def train_phase(phase: Phase, data: TaskData, run_dir: Path, device: torch.devic
             p.requires_grad_(True)
     if not metrics:
         metrics = data.evaluate(student, device)
-    results = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "train_s": elapsed}
+    # numbers and per-class tables (detection's ap50_per_class), as a teacher loaded from a checkpoint reports them
+    results = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float, dict))}, "train_s": elapsed}
     if d.main:
         save_model(student, phase.spec, model_path)
     save(done=True, results=results)

@@ -48,6 +48,9 @@ def test_detection_recipe_runs_end_to_end_with_kmeans_anchors_in_model_files(tmp
     for row in summary["rows"]:
         assert 0.0 <= row["map50"] <= 1.0 and 0.0 <= row["map"] <= row["map50"] + 1e-9
         assert row["params"] > 0 and row["gflops"] > 0 and row["cpu_ms_per_image"] > 0
+        # trained or loaded, every row keeps its per-class AP@0.5 (their mean is mAP@0.5: no class is absent)
+        assert list(row["ap50_per_class"]) == ["Platelets", "RBC", "WBC"]
+        assert abs(sum(row["ap50_per_class"].values()) / 3 - row["map50"]) < 1e-6
     assert (tmp_path / "run/summary.json").is_file() and "mAP@0.5" in (tmp_path / "run/summary.md").read_text()
 
     data = build_data(recipe)

@@ -1,14 +1,22 @@
 """BCCD detection distillation benchmark: YOLO-m teacher, YOLO-n students, Chen et al. 2017's Table 4 ablation.
 
-    python benchmarks/detection.py [--seeds 3] [--rows ...] [--teacher-epochs N] [--student-epochs N]
-                                   [--epochs-scale F] [--input-size S] [--threads T]
+    python benchmarks/detection.py [--seeds 3] [--ablation-seeds K] [--rows ...] [--teacher-epochs N]
+        [--student-epochs N] [--epochs-scale F] [--input-size S] [--batch-size B] [--eval-every E]
+        [--threads T] [--merge]
 
-Full run (3 seeds, every row; about 14 h on 2 shared cores):   python benchmarks/detection.py
-About 70-80 min (1 seed, a quarter of the epochs, no l2/hints rows):
-    python benchmarks/detection.py --seeds 1 --epochs-scale 0.25 --rows teacher baseline kd kd_hint \
-        ablation/cls ablation/cls_w
-Measured at 256 px, 1 torch thread, load ~3.5 on 2 cores, compute per epoch of 205 images (+ 5-20 s test
-evaluation per epoch): YOLO-n 12 s, YOLO-m 96 s, n distilled from m 45 s, n from the narrow teacher 17 s.
+The run recorded in benchmarks/RESULTS.md (about 2 h on 2 cores: the main rows and the ablations as two
+1-thread processes side by side, each writing its rows into the same JSON):
+
+    C="--input-size 192 --teacher-epochs 40 --student-epochs 30 --batch-size 8 --eval-every 5 --merge"
+    python benchmarks/detection.py --rows teacher $C --threads 2      # first: the teacher both others load
+    C="$C --threads 1"
+    python benchmarks/detection.py --seeds 3 --rows teacher baseline kd kd_hint $C &
+    python benchmarks/detection.py --seeds 1 --rows ablation/cls ablation/cls_w ablation/l2 ablation/l2_b \
+        ablation/hints ablation/hints_a $C
+
+Per epoch of 205 images at 192 px, batch 8, measured here: YOLO-m teacher ~40 s (2 threads, alone), YOLO-n
+~12 s, n distilled from m ~21-28 s (the teacher's forward pass), the narrow hint teacher ~17 s (1 thread).
+The recipe's own schedule (256 px, 60 teacher / 40 student epochs, 3 seeds, every row) is about 14 h here.
 
 Rows (test split, 72 images), all built from recipes/bccd_yolo_distill.yaml:
 

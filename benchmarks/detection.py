@@ -250,7 +250,11 @@ def main() -> int:
                         "jobs shared the 2 cores)")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/detection.json"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/runs/detection"))
+    p.add_argument("--table-only", action="store_true", help="print the table of --results and exit (no training)")
     a = p.parse_args()
+    if a.table_only:
+        print(markdown(json.loads(Path(a.results).read_text())))
+        return 0
     torch.set_num_threads(a.threads)
     t0 = time.time()
     bench = Bench(a)

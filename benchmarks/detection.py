@@ -196,7 +196,14 @@ def entry(name: str, runs: list[dict], epochs: int, size: int) -> dict:
     }
 
 
+def in_order(results: list[dict]) -> list[dict]:
+    """Teacher rows first, then the student rows in ROWS order, whichever invocation wrote them."""
+    order = ["teacher", "hint_teacher", *STUDENT_ROWS]
+    return sorted(results, key=lambda e: order.index(e["name"]) if e["name"] in order else len(order))
+
+
 def markdown(results: list[dict]) -> str:
+    results = in_order(results)
     lines = ["| row | params | GFLOPs | mAP@0.5 | mAP@[.5:.95] | seeds | epochs | input | CPU ms/img | train wall |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -293,7 +300,7 @@ def main() -> int:
         # written after every seed, so a run cut short still leaves its finished rows behind
         results = kept() + teachers + [entry(row, runs[row], bench.student_epochs, bench.size) for row in students
                               if row in runs]
-        dest.write_text(json.dumps(results, indent=2))
+        dest.write_text(json.dumps(in_order(results), indent=2))
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")
     print(markdown(results))

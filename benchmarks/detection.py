@@ -78,6 +78,7 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "ablation/hints_a": ("hint_teacher", [DET, HINTS]),
 }
 ALIASES = {"ablation/l2_b": "kd"}
+SUFFIX = {"batch_size": "bs", "eval_every": "ee"}  # overridden stage fields in the run folder's name: _bs8_ee5
 ROWS = ["teacher", *STUDENT_ROWS]
 
 
@@ -128,7 +129,7 @@ class Bench:
                 subsets += f"_{key.split('_')[0]}{getattr(a, key)}"
         self.teacher_epochs = scaled(self.base["teacher"]["train"]["epochs"], a.epochs_scale, a.teacher_epochs)
         self.student_epochs = scaled(self.base["distill"][0]["epochs"], a.epochs_scale, a.student_epochs)
-        extra = "".join(f"_{k[0]}{k.split('_')[1][0]}{v}" for k, v in self.overrides.items())  # _bs8, _ee5
+        extra = "".join(f"_{SUFFIX[k]}{v}" for k, v in self.overrides.items())
         self.out = Path(a.out) / f"s{self.size}_t{self.teacher_epochs}_e{self.student_epochs}{subsets}{extra}"
         self.teacher_ckpt: dict[str, str] = {}
 

@@ -13,6 +13,7 @@ from hintdistill.terms.detection import (
     bernoulli_kl,
     fm_nms,
     imitation_mask,
+    log_class_distribution,
 )
 
 LN3 = math.log(3)  # σ(ln 3) = 0.75
@@ -89,6 +90,10 @@ def maps(x_logit=0.0, fill=None):
     return out
 
 
+def head_list(outputs):
+    return [outputs[f"head:{i}"] for i in range(len(GRIDS))]
+
+
 def test_chen_soft_class_loss_hand_worked():
     # teacher: objectness 0.5, classes [0, 0] → P_t = [0.5, 0.25, 0.25]
     # student: objectness 0.75, classes [ln 3, 0] → softmax [0.75, 0.25] → P_s = [0.25, 0.5625, 0.1875]
@@ -97,21 +102,55 @@ def test_chen_soft_class_loss_hand_worked():
     cross_entropy = -sum(wc * p * math.log(q) for wc, p, q in zip(w, pt, ps, strict=True))
     teacher_term = -sum(wc * p * math.log(p) for wc, p in zip(w, pt, strict=True))
     term = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0)
-    assert term(student, [teacher], TARGETS).item() == pytest.approx(0.5 * (cross_entropy - teacher_term), rel=1e-5)
-    assert term(teacher, [teacher], TARGETS).item() == pytest.approx(0.0, abs=1e-6)
+    # every cell alike: each level's mean is the per-cell value, summed with the objectness balance 4 + 1 + 0.4
+    per_cell = cross_entropy - teacher_term
+    assert term.soft_loss(head_list(student), head_list(teacher)).item() == pytest.approx(5.4 * per_cell, rel=1e-5)
+    term(student, [teacher], TARGETS)
+    assert term.parts["soft"].item() == pytest.approx(0.5 * 5.4 * per_cell, rel=1e-5)
+    term(teacher, [teacher], TARGETS)
+    assert term.parts["soft"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_chen_soft_distribution_at_a_temperature_is_softmax_of_scaled_logits():
+    # o = 0, z = [0, 0]: Z = [0, ln ½, ln ½]; at T = 2, exp(Z/2) = [1, √½, √½] → P = [1, √½, √½] / (1 + √2)
+    raw = torch.zeros(1, 7)
+    p = log_class_distribution(raw, temperature=2.0).exp()[0]
+    r = math.sqrt(0.5)
+    torch.testing.assert_close(p, torch.tensor([1, r, r]) / (1 + 2 * r))
+    # (not σ(o/T) · softmax(z/T) = [0.5, 0.25, 0.25], which ignores T here)
+    assert log_class_distribution(raw, 1.0).exp()[0].tolist() == pytest.approx([0.5, 0.25, 0.25])
 
 
 def test_chen_bounded_regression_hand_worked():
-    term = ChenDetectionKD(ANCHORS, mu=1.0, nu=0.5)  # mu = 1: the soft part has weight 0
+    term = ChenDetectionKD(ANCHORS, mu=1.0, nu=0.5, regression="bounded")
     student, perfect_teacher = maps(x_logit=LN3), maps()  # student x offset 1.0 vs y 0.5: d_s = 0.25; d_t = 0
-    assert term(student, [perfect_teacher], TARGETS).item() == pytest.approx(0.5 * 0.25, rel=1e-5)
+    def bounded(s, t, m=term):
+        return m.bounded_regression(head_list(s), head_list(t), TARGETS).item()
+    assert bounded(student, perfect_teacher) == pytest.approx(0.25, rel=1e-5)
+    term(student, [perfect_teacher], TARGETS)
+    assert term.parts["bounded"].item() == pytest.approx(0.5 * 0.25, rel=1e-5)  # times ν
     # the student beats the teacher: zero
-    assert term(perfect_teacher, [student], TARGETS).item() == 0.0
+    assert bounded(perfect_teacher, student) == 0.0
     # teacher x offset 2·0.8 − 0.5 = 1.1: d_t = 0.36 > d_s = 0.25 → 0 with m = 0, counted with m = 0.2
     worse_teacher = maps(x_logit=math.log(4))
-    assert term(student, [worse_teacher], TARGETS).item() == 0.0
-    with_margin = ChenDetectionKD(ANCHORS, mu=1.0, nu=0.5, margin=0.2)
-    assert with_margin(student, [worse_teacher], TARGETS).item() == pytest.approx(0.5 * 0.25, rel=1e-5)
+    assert bounded(student, worse_teacher) == 0.0
+    with_margin = ChenDetectionKD(ANCHORS, mu=1.0, nu=0.5, margin=0.2, regression="bounded")
+    assert bounded(student, worse_teacher, with_margin) == pytest.approx(0.25, rel=1e-5)
+
+
+def test_chen_bounded_iou_regression_hand_worked():
+    """The default form: e = 1 − CIoU in the hard box loss's units (gain 0.05). The GT is the 16 × 16 box at
+    (24, 24); logits 0 predict centre offset 0.5 and size 1 anchor (16 px): exactly the GT, e = 0."""
+    term = ChenDetectionKD(ANCHORS, mu=1.0, nu=1.0)
+    exact, shifted = maps(), maps(x_logit=LN3)  # shifted: centre x at (1 + 1) · 16 = 32 instead of 24
+    # shifted by 8 px: IoU = 8·16 / (24·16) = 1/3; enclosing box 24 × 16, ρ² = 64, c² = 832; same aspect: v = 0
+    e = 1 - (1 / 3 - 64 / 832)
+
+    def bounded(s, t):
+        return term.bounded_regression(head_list(s), head_list(t), TARGETS).item()
+    assert bounded(shifted, exact) == pytest.approx(0.05 * e, rel=1e-4)
+    assert bounded(exact, shifted) == 0.0  # the student beats the teacher
+    assert bounded(shifted, shifted) == 0.0  # a tie (e_s + 0 > e_t is false) is not worse than the teacher
 
 
 def test_chen_yolo_loss_scales_the_hard_classification_by_mu():
@@ -119,6 +158,20 @@ def test_chen_yolo_loss_scales_the_hard_classification_by_mu():
     assert (hard.obj_weight, hard.cls_weight, hard.box_weight) == pytest.approx((0.8, 0.4, 0.05))
 
 
+def test_chen_total_is_mu_hard_plus_soft_plus_bounded():
+    """The term holds the whole objective: its value is the μ-scaled YoloLoss + (1 − μ) L_soft + ν L_b."""
+    from hintdistill.detection.loss import YoloLoss
+
+    teacher, student = maps(fill=[0, 0, 0, 0, 0, 0, 0]), maps(0.3, fill=[0, 0, 0, 0, LN3, LN3, 0])
+    term = ChenDetectionKD(ANCHORS, mu=0.25, nu=0.5)
+    total = term(student, [teacher], TARGETS).item()
+    hard = YoloLoss(ANCHORS, obj_weight=0.25, cls_weight=0.125)(student, [], TARGETS).item()
+    soft = 0.75 * term.soft_loss(head_list(student), head_list(teacher)).item()
+    bounded = 0.5 * term.bounded_regression(head_list(student), head_list(teacher), TARGETS).item()
+    assert bounded > 0 and total == pytest.approx(hard + soft + bounded, rel=1e-5)
+    parts = term.parts
+    assert sum(float(v) for v in parts.values()) == pytest.approx(total, rel=1e-5)
+    assert set(parts) == {"hard_box", "hard_obj", "hard_cls", "soft", "bounded"}
 def test_imitation_mask_hand_worked():
     boxes = [torch.tensor([[8.0, 8.0, 24.0, 24.0]])]
     anchors = torch.tensor([[16.0, 16.0]])
@@ -164,3 +217,19 @@ def test_neck_hints_identity_with_other_channels_says_conv1x1():
     # a zero student through the 1×1 conv is its bias at every location
     bias = adapted.hints[0].adapter.bias.detach()
     assert adapted(student, [teacher], None).item() == pytest.approx((bias**2).mean().item(), rel=1e-5)
+
+
+def test_neck_hints_paper_reduction_sums_as_chen_and_wang():
+    t = torch.zeros(1, 2, 4, 4)
+    t[:, :, 0, 0] = 5.0  # outside the mask: 25 in each of 2 channels
+    t[:, 0, 1, 1] = 2.0  # inside: 4
+    student, teacher = feats(t)
+    chen = NeckHints([("neck.p3", "neck.p3")], adapter="identity", reduction="paper")
+    chen.setup(student, [teacher])
+    assert chen(student, [teacher], None).item() == pytest.approx(2 * 25 + 4)  # ‖V − Z‖² of the one image
+    anchors = torch.tensor([[16.0, 16.0]] * 9)
+    wang = NeckHints([("neck.p3", "neck.p3")], adapter="identity", imitation_mask=True, anchors=anchors,
+                     reduction="paper")
+    wang.setup(student, [teacher])
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 24.0, 24.0]]), "labels": torch.tensor([0])}]
+    assert wang(student, [teacher], targets).item() == pytest.approx(4 / (2 * 4))  # N_p = 4 masked cells

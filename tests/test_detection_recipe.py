@@ -12,7 +12,7 @@ from hintdistill.detection.anchors import kmeans_anchors
 from hintdistill.detection.loss import YoloLoss
 from hintdistill.engine.checkpoint import safe_load
 from hintdistill.engine.pipeline import run_recipe
-from hintdistill.errors import DataError
+from hintdistill.errors import ConfigError, DataError
 from hintdistill.terms.detection import ChenDetectionKD, NeckHints, ObjectnessScaledKD
 
 # tiny tensors: more threads than one only fight the other jobs on a 2-core machine
@@ -40,7 +40,7 @@ def tiny_recipe(tmp_path, terms, **data) -> dict:
 
 @needs_bccd
 def test_detection_recipe_runs_end_to_end_with_kmeans_anchors_in_model_files(tmp_path):
-    terms = [{"type": "detection"}, {"type": "chen_kd"}, {"type": "objectness_kd", "weight": 0.5},
+    terms = [{"type": "chen_kd"}, {"type": "objectness_kd", "weight": 0.5},
              {"type": "neck_hints", "weight": 0.5, "imitation_mask": True}]
     recipe = recipe_from_dict(tiny_recipe(tmp_path, terms))
     summary = run_recipe(recipe, log=lambda *_: None)
@@ -98,17 +98,26 @@ def test_detection_terms_are_built_from_recipe_entries_with_the_task_anchors():
         "name": "t", "task": "detection", "data": {"name": "voc", "data_dir": "x"},
         "teacher": {"name": "yolo"}, "student": {"name": "yolo"},
         "distill": [{"terms": [{"type": "detection"}, {"type": "objectness_kd", "fm_nms": False},
-                               {"type": "chen_kd", "background_weight": 1.0, "nu": 0.0},
-                               {"type": "neck_hints", "adapter": "identity", "distance": "l1"}]}]})
-    terms = build_terms(recipe.distill[0].terms, {"anchors": anchors, "strides": (8, 16, 32)})
-    assert list(terms) == ["detection", "objectness_kd", "chen_kd", "neck_hints"]
+                               {"type": "neck_hints", "adapter": "identity", "distance": "l1"}]},
+                    {"terms": [{"type": "chen_kd", "background_weight": 1.0, "nu": 0.0, "obj_weight": 2.0}]}]})
+    context = {"anchors": anchors, "strides": (8, 16, 32)}
+    terms = {**build_terms(recipe.distill[0].terms, context), **build_terms(recipe.distill[1].terms, context)}
+    assert list(terms) == ["detection", "objectness_kd", "neck_hints", "chen_kd"]
     assert isinstance(terms["detection"][0], YoloLoss)
     torch.testing.assert_close(terms["detection"][0].anchors, torch.tensor(anchors).view(3, 3, 2))
     assert isinstance(terms["objectness_kd"][0], ObjectnessScaledKD) and not terms["objectness_kd"][0].fm_nms
     chen = terms["chen_kd"][0]
     assert isinstance(chen, ChenDetectionKD) and chen.background_weight == 1.0 and chen.nu == 0.0
+    assert chen.hard.obj_weight == 2.0 * chen.mu and chen.hard.cls_weight == 0.5 * chen.mu  # μ on the hard part
     hints = terms["neck_hints"][0]
     assert isinstance(hints, NeckHints) and terms["neck_hints"][1] == 0.5  # γ = 0.5 by default
+
+
+def test_chen_kd_and_detection_in_one_stage_is_refused():
+    tree = {"name": "t", "task": "detection", "data": {"name": "voc", "data_dir": "x"}, "teacher": {"name": "yolo"},
+            "student": {"name": "yolo"}, "distill": [{"terms": [{"type": "detection"}, {"type": "chen_kd"}]}]}
+    with pytest.raises(ConfigError, match="remove the 'detection' term"):
+        recipe_from_dict(tree)
 
 
 def test_chen_l2_regression_targets_the_teacher_box_unbounded():
@@ -120,14 +129,12 @@ def test_chen_l2_regression_targets_the_teacher_box_unbounded():
     for m in t:
         m[..., :4] = torch.log(torch.tensor(3.0))  # σ = 0.75
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 12.0, 12.0]]), "labels": torch.tensor([0])}]
-    student = {f"head:{i}": m for i, m in enumerate(s)}
-    teacher = {f"head:{i}": m for i, m in enumerate(t)}
     l2 = ChenDetectionKD(anchors, mu=1.0, nu=1.0, regression="l2")
-    assert float(l2(student, [teacher], targets)) == pytest.approx(2 * 0.25 + 2 * 1.25 ** 2)
+    assert float(l2.bounded_regression(s, t, targets)) == pytest.approx(2 * 0.25 + 2 * 1.25 ** 2)
     # bounded: the 8×8 GT box fits the 8×8 anchors (w, h params 1 = the student's), so the student is nearer
     # the GT than the teacher (off by 1.25 in w and h) at every positive: L_b = 0
-    bounded = ChenDetectionKD(anchors, mu=1.0, nu=1.0)
-    assert float(bounded(student, [teacher], targets)) == pytest.approx(0.0)
+    bounded = ChenDetectionKD(anchors, mu=1.0, nu=1.0, regression="bounded")
+    assert float(bounded.bounded_regression(s, t, targets)) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("name", ["bccd_yolo_teacher", "bccd_yolo_student", "bccd_yolo_distill"])

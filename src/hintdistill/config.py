@@ -71,6 +71,8 @@ class DetectionTerm(Strict):
     box_weight: float | None = Field(None, ge=0)
     obj_weight: float | None = Field(None, ge=0)
     cls_weight: float | None = Field(None, ge=0)
+    normalise: Literal["none", "yolov5"] = Field("none", description="scale the gains per level, image size "
+                                                 "and class count as YOLOv5 does")
 
 
 class ObjectnessKDTerm(Strict):
@@ -92,7 +94,13 @@ class ChenKDTerm(Strict):
     background_weight: float = 1.5
     margin: float = 0.0
     nu: float = 0.5
-    regression: Literal["bounded", "l2"] = Field("bounded", description="teacher-bounded L_b, or plain L2 to the teacher")
+    regression: Literal["bounded_iou", "bounded", "l2"] = Field(
+        "bounded_iou", description="teacher-bounded 1 - CIoU (the box loss's units), the paper's teacher-bounded "
+        "L2 on the box parameters, or plain L2 to the teacher")
+    box_weight: float | None = Field(None, ge=0, description="the hard loss's gains (see the detection term)")
+    obj_weight: float | None = Field(None, ge=0)
+    cls_weight: float | None = Field(None, ge=0)
+    normalise: Literal["none", "yolov5"] = "none"
 
 
 class NeckHintTerm(Strict):
@@ -105,6 +113,8 @@ class NeckHintTerm(Strict):
     adapter: Literal["conv1x1", "identity"] = "conv1x1"
     imitation_mask: bool = False
     psi: float = Field(0.5, gt=0, le=1)
+    reduction: Literal["mean", "paper"] = Field("mean", description="mean over channels and locations, or the "
+                                                "papers' sums (Chen: per image; Wang: over the mask / 2 N_p)")
 
 
 TermConfig = Annotated[CETerm | KDTerm | HintTerm | DetectionTerm | ObjectnessKDTerm | ChenKDTerm | NeckHintTerm,
@@ -151,6 +161,10 @@ class StageConfig(TrainConfig):
     def _guided_needs_hint(self):
         if self.trainable == "up_to_guided" and not any(t.type == "hint" for t in self.terms):
             raise ValueError("trainable: up_to_guided needs a 'hint' term in the same stage (it names the guided layer)")
+        types = {t.type for t in self.terms}
+        if {"chen_kd", "detection"} <= types:
+            raise ValueError("chen_kd contains the hard detection loss (its objectness and class gains times mu): "
+                             "remove the 'detection' term from this stage, and set the gains on chen_kd")
         return self
 
 

@@ -132,13 +132,14 @@ def build_detection_term(cfg: Any, context: dict) -> Term:
         return ObjectnessScaledKD(cfg.lambda_d, cfg.fm_nms, teacher_index)
     if kind == "neck_hints":
         return NeckHints(cfg.levels, cfg.distance, cfg.adapter, cfg.imitation_mask, cfg.psi,
-                         context.get("anchors"), context.get("strides", STRIDES), teacher_index)
+                         context.get("anchors"), context.get("strides", STRIDES), teacher_index, cfg.reduction)
     if "anchors" not in context:
         raise ConfigError(f"the '{kind}' term needs a detector's anchors: use it in a recipe with task: detection")
     anchors, strides = context["anchors"], context.get("strides", STRIDES)
+    # optional per-part gains of the hard loss, and their YOLOv5 normalisation
+    gains = {k: getattr(cfg, k) for k in ("box_weight", "obj_weight", "cls_weight") if getattr(cfg, k) is not None}
+    gains["normalise"] = cfg.normalise
     if kind == "detection":
-        # optional per-part weights (e.g. Chen et al.'s μ on the hard objectness/class loss)
-        weights = {k: getattr(cfg, k) for k in ("box_weight", "obj_weight", "cls_weight") if getattr(cfg, k) is not None}
-        return YoloLoss(anchors, strides, **weights)
+        return YoloLoss(anchors, strides, **gains)
     return ChenDetectionKD(anchors, strides, cfg.mu, cfg.temperature, cfg.background_weight, cfg.margin, cfg.nu,
-                           teacher_index=teacher_index, regression=cfg.regression)
+                           teacher_index=teacher_index, regression=cfg.regression, hard=gains)

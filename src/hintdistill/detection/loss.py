@@ -9,6 +9,11 @@ cells); CIoU as in Zheng et al. 2020. The objectness target of a positive is its
 CIoU with its GT box, 0 everywhere else. ``balance`` weighs the stride-8/16/32 objectness losses
 (4.0, 1.0, 0.4), since small levels have many more cells. Defaults for λ are YOLOv5's (0.05, 1.0, 0.5);
 unlike YOLOv5 the total is not multiplied by the batch size.
+
+``normalise="yolov5"`` scales the gains as YOLOv5's ``train.py`` does, so that one set of gains means the same
+on every data set: λ_box · 3/L, λ_obj · (S/640)² · 3/L, λ_cls · (C/80) · 3/L for L levels, input size S
+(read off the maps) and C classes. The objectness BCE is a mean over all cells, so it shrinks as 1/S² at a
+fixed number of objects; the class BCE is a mean over C classes. ``normalise="none"`` keeps the raw gains.
 """
 
 from __future__ import annotations
@@ -20,11 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError, ShapeError
+from ..errors import ConfigError, DataError, ShapeError
 from ..taps import Outputs
 from ..terms.base import Term
 from .assign import LevelTargets, assign_targets
 from .boxes import box_params, ciou, xywh_to_xyxy
+
+NORMALISE = ("none", "yolov5")
+
+
+def gain_scales(maps: Sequence[torch.Tensor], strides: Sequence[float], normalise: str) -> tuple[float, float, float]:
+    """(box, obj, cls) multipliers of the gains: 1s, or YOLOv5's per-level, image-size and class-count scaling."""
+    if normalise == "none":
+        return 1.0, 1.0, 1.0
+    levels, size = len(maps), float(maps[0].shape[2]) * float(strides[0])
+    classes = maps[0].shape[-1] - 5
+    return 3.0 / levels, (size / 640.0) ** 2 * 3.0 / levels, classes / 80.0 * 3.0 / levels
 
 
 def as_anchor_tensor(anchors: Any) -> torch.Tensor:
@@ -62,8 +78,11 @@ class YoloLoss(Term):
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), box_weight: float = 0.05,
                  obj_weight: float = 1.0, cls_weight: float = 0.5, balance: Sequence[float] = (4.0, 1.0, 0.4),
-                 anchor_t: float = 4.0):
+                 anchor_t: float = 4.0, normalise: str = "none"):
         super().__init__()
+        if normalise not in NORMALISE:
+            raise ConfigError(f"YoloLoss normalise='{normalise}': choose one of {', '.join(NORMALISE)}")
+        self.normalise = normalise
         self.register_buffer("anchors", as_anchor_tensor(anchors))
         self.strides = [float(s) for s in strides]
         self.box_weight, self.obj_weight, self.cls_weight = box_weight, obj_weight, cls_weight
@@ -84,6 +103,12 @@ class YoloLoss(Term):
                               [tuple(m.shape[2:4]) for m in maps], self.anchor_t)
 
     def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> torch.Tensor:
+        parts = self.loss_parts(student, teachers, targets)
+        self.last = {k: v.detach() for k, v in parts.items()}
+        return parts["box"] + parts["obj"] + parts["cls"]
+
+    def loss_parts(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """The weighted box, objectness and class losses (with gradients)."""
         maps = head_maps(student)
         positives = self.assign(maps, targets)
         zero = maps[0].sum() * 0
@@ -104,5 +129,6 @@ class YoloLoss(Term):
                 lcls = lcls + F.binary_cross_entropy_with_logits(
                     logits, F.one_hot(pos.labels, logits.shape[-1]).to(logits.dtype))
             lobj = lobj + self.balance[level] * F.binary_cross_entropy_with_logits(raw[..., 4], tobj)
-        self.last = {"box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}
-        return self.box_weight * lbox + self.obj_weight * lobj + self.cls_weight * lcls
+        box_scale, obj_scale, cls_scale = gain_scales(maps, self.strides, self.normalise)
+        return {"box": self.box_weight * box_scale * lbox, "obj": self.obj_weight * obj_scale * lobj,
+                "cls": self.cls_weight * cls_scale * lcls}

@@ -17,27 +17,35 @@ it; the others get teacher objectness 0 (ties are all kept).
 
 **ChenDetectionKD** — Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge
 Distillation", adapted to a one-stage head. Per anchor and cell the class distribution is
-``P = [1 − σ(o/T), σ(o/T) · softmax(z/T)]`` over [background, class_1..C] (objectness is the
-background/foreground split), and
+``P = softmax(Z / T)`` over [background, class_1..C] with ``Z = [0, o + log softmax(z)]`` (at T = 1,
+``P = [1 − σ(o), σ(o) · softmax(z)]``: objectness is the background/foreground split), and
 
-    L_cls  = μ · L_hard + (1 − μ) · L_soft,     L_soft = −Σ_c w_c · P_t,c · log P_s,c,   w_0 = 1.5, w_c = 1
-    L_b    = ‖R_s − y‖²  if ‖R_s − y‖² + m > ‖R_t − y‖², else 0        (teacher-bounded regression)
-    L_reg  = L_box(R_s, y) + ν · L_b
+    L      = μ · L_hard + (1 − μ) · L_soft + L_box + ν · L_b
+    L_soft = −Σ_c w_c · P_t,c · log P_s,c,   w_0 = 1.5 (background), w_c = 1
+    L_b    = e_s  if e_s + m > e_t, else 0                     (teacher-bounded regression)
 
-R and y are the box parameters (``box_params``) at the GT positives of ``assign_targets``. For the
-ablation of Chen et al.'s Table 4 (L2 vs L2-B), ``regression="l2"`` replaces L_b by the unbounded
-``‖R_s − R_t‖²`` (the teacher's box as the target, whatever its error). This term
-returns ``(1 − μ) · L_soft + ν · L_b``; μ · L_hard is YoloLoss's objectness and class part, so μ is the
-weight of the hard classification loss relative to the soft one: ``ChenDetectionKD.yolo_loss()`` gives
-the YoloLoss with its objectness and class weights multiplied by μ (its box loss untouched). L_soft is
-reported as Σ_c w_c P_t,c (log P_t,c − log P_s,c), the paper's cross-entropy minus a term that does not
-depend on the student: the gradients are the paper's and the value is 0 when student == teacher.
+The term contains the hard loss (a YoloLoss with its objectness and class gains times μ; its box loss
+L_box untouched), so a stage uses ``chen_kd`` *instead of* ``detection``. L_soft is averaged per level and
+summed with the hard objectness loss's level balance and gain, so μ and 1 − μ weigh like with like. It is
+reported as Σ_c w_c P_t,c (log P_t,c − log P_s,c), the cross-entropy minus a term that does not depend on
+the student: the gradients are the paper's, and the value is 0 when student == teacher.
+
+The regression error e at the GT positives of ``assign_targets``: by default (``bounded_iou``) e = 1 − CIoU,
+the hard box loss's own error, scaled by its gain, so ν weighs L_b against L_box in the same units (YOLO's
+CIoU takes the place of Faster R-CNN's smooth L1). ``bounded`` is the paper's form on the head's box
+parameters R (centre offset in cells, size in anchors), e = ‖R − y‖², unscaled: on large objects the size
+targets approach the (2σ)² ≤ 4 ceiling where its gradient vanishes, and at ν = 0.5 it outweighs the hard box
+loss (gain 0.05) tens of times; ``benchmarks/detection_diagnose.py`` measures both. ``l2`` is Table 4's
+unbounded ``‖R_s − R_t‖²`` (the teacher's box as the target, whatever its error).
 
 **NeckHints** — Chen et al. 2017 hints (``‖V − Z‖₂²`` or ``‖V − Z‖₁`` through a 1×1 conv adaptation
 layer) on the neck levels, optionally masked by Wang et al. 2019's fine-grained imitation mask: per GT
 box the IoU with every anchor at every location of the level; locations where some anchor's IoU exceeds
-ψ · (that box's max IoU), ψ = 0.5; union over the boxes; the distance is averaged over the masked
-locations (and channels). The levels' losses are averaged.
+ψ · (that box's max IoU), ψ = 0.5; union over the boxes. ``reduction="mean"`` (default) averages the
+distance over channels and (masked) locations, so γ does not depend on the feature size; ``reduction="paper"``
+is the papers' form: Chen's ‖V − Z‖² summed over channels and locations per image (batch mean), and with
+the mask Wang's ``1/(2 N_p) Σ_ij I_ij Σ_c (f_ij,c − t_ij,c)²``, N_p the masked locations of the batch.
+The levels' losses are averaged.
 """
 
 from __future__ import annotations
@@ -51,8 +59,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from ..detection.assign import assign_targets, target_box_params
-from ..detection.boxes import box_params
-from ..detection.loss import YoloLoss, as_anchor_tensor, head_maps
+from ..detection.boxes import box_params, ciou
+from ..detection.loss import YoloLoss, as_anchor_tensor, gain_scales, head_maps, predicted_boxes
 from ..errors import ConfigError, ShapeError
 from ..taps import Outputs, feature_key
 from .base import Term
@@ -114,27 +122,37 @@ class ObjectnessScaledKD(Term):
 
 
 def log_class_distribution(raw: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log [1 − σ(o/T), σ(o/T) · softmax(z/T)]`` over [background, classes] → ``[..., C+1]``."""
-    obj = raw[..., 4:5] / temperature
-    return torch.cat([F.logsigmoid(-obj), F.logsigmoid(obj) + F.log_softmax(raw[..., 5:] / temperature, -1)], -1)
+    """``log softmax(Z / T)`` over [background, classes] → ``[..., C+1]``, where the logits ``Z = [0, o + log
+    softmax(z)]`` are those whose softmax at T = 1 is ``[1 − σ(o), σ(o) · softmax(z)]`` (objectness as the
+    background/foreground split). At T ≠ 1 this is the paper's ``softmax(Z/T)``, not σ(o/T) · softmax(z/T)."""
+    logits = torch.cat([torch.zeros_like(raw[..., 4:5]), raw[..., 4:5] + F.log_softmax(raw[..., 5:], -1)], -1)
+    return F.log_softmax(logits / temperature, -1)
+
+
+REGRESSIONS = ("bounded_iou", "bounded", "l2")
 
 
 class ChenDetectionKD(Term):
-    """Chen et al. 2017 on a one-stage head: weighted soft class loss and teacher-bounded regression."""
+    """Chen et al. 2017 on a one-stage head, hard loss included: μ scales the hard objectness/class loss,
+    1 − μ the weighted soft class loss, ν the teacher-bounded regression. Use it instead of ``detection``."""
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), mu: float = 0.5,
                  temperature: float = 1.0, background_weight: float = 1.5, margin: float = 0.0, nu: float = 0.5,
-                 anchor_t: float = 4.0, teacher_index: int = 0, regression: str = "bounded"):
+                 anchor_t: float = 4.0, teacher_index: int = 0, regression: str = "bounded_iou",
+                 hard: dict | None = None):
         super().__init__()
         if not 0.0 <= mu <= 1.0:
             raise ConfigError(f"ChenDetectionKD mu={mu}: mu is the hard-loss share and must be in [0, 1]")
-        if regression not in ("bounded", "l2"):
-            raise ConfigError(f"ChenDetectionKD regression='{regression}': choose 'bounded' (L2-B) or 'l2'")
+        if regression not in REGRESSIONS:
+            raise ConfigError(f"ChenDetectionKD regression='{regression}': choose one of {', '.join(REGRESSIONS)}")
         self.regression = regression
         self.register_buffer("anchors", as_anchor_tensor(anchors))
         self.strides = [float(s) for s in strides]
         self.mu, self.temperature, self.background_weight = mu, temperature, background_weight
         self.margin, self.nu, self.anchor_t, self.teacher_index = margin, nu, anchor_t, teacher_index
+        self.obj_weight = (hard or {}).get("obj_weight", 1.0)  # the soft loss's gain (the hard one's is μ × it)
+        self.hard = self.yolo_loss(**(hard or {}))
+        self.parts: dict[str, torch.Tensor] = {}
 
     def yolo_loss(self, **kwargs: Any) -> YoloLoss:
         """The hard part μ · L_hard: a YoloLoss with objectness and class weights scaled by μ."""
@@ -146,24 +164,39 @@ class ChenDetectionKD(Term):
         _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
 
     def soft_loss(self, s_maps: list[torch.Tensor], t_maps: list[torch.Tensor]) -> torch.Tensor:
-        """Σ_c w_c P_t,c (log P_t,c − log P_s,c), averaged over every anchor of every cell and level."""
-        per_cell = []
-        for s, t in zip(s_maps, t_maps, strict=True):
+        """Σ_c w_c P_t,c (log P_t,c − log P_s,c) per anchor and cell, averaged per level and summed over levels
+        with the hard objectness loss's level balance and gain, so that μ and 1 − μ mix like with like."""
+        _, obj_scale, _ = gain_scales(s_maps, self.strides, self.hard.normalise)
+        total = s_maps[0].sum() * 0
+        for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             log_ps = log_class_distribution(s.float(), self.temperature)
             log_pt = log_class_distribution(t.detach().float(), self.temperature)
             weights = torch.ones(log_ps.shape[-1], device=s.device)
             weights[0] = self.background_weight
-            per_cell.append((weights * log_pt.exp() * (log_pt - log_ps)).sum(-1).flatten())
-        return torch.cat(per_cell).mean()
+            per_cell = (weights * log_pt.exp() * (log_pt - log_ps)).sum(-1)
+            total = total + self.hard.balance[level] * per_cell.mean()
+        return self.obj_weight * obj_scale * total
 
     def bounded_regression(self, s_maps: list[torch.Tensor], t_maps: list[torch.Tensor], targets: list[dict]):
-        """L_b (or, with ``regression="l2"``, ‖R_s − R_t‖²) averaged over the GT positives (0 without any)."""
+        """Teacher-bounded regression averaged over the GT positives (0 without any):
+
+        - ``bounded_iou``: (1 − CIoU_s) where (1 − CIoU_s) + m > (1 − CIoU_t), times the hard box gain, i.e. in
+          the units of the hard box loss (CIoU replaces the smooth-L1 of Faster R-CNN's regression);
+        - ``bounded``: the paper's ‖R_s − y‖² where ‖R_s − y‖² + m > ‖R_t − y‖², with R the head's box
+          parameters (centre offset in cells, size in anchors), unscaled;
+        - ``l2``: ‖R_s − R_t‖², the teacher's box as the target whatever its error (Table 4's L2)."""
         anchors = self.anchors.to(s_maps[0].device)
         positives = assign_targets(targets, anchors, self.strides, [tuple(m.shape[2:4]) for m in s_maps],
                                    self.anchor_t)
         losses = []
         for level, (s, t, pos) in enumerate(zip(s_maps, t_maps, positives, strict=True)):
             if not len(pos):
+                continue
+            if self.regression == "bounded_iou":
+                e_s = 1 - ciou(predicted_boxes(s.float(), pos, anchors[level], self.strides[level]), pos.boxes)
+                with torch.no_grad():
+                    e_t = 1 - ciou(predicted_boxes(t.float(), pos, anchors[level], self.strides[level]), pos.boxes)
+                losses.append(e_s * (e_s + self.margin > e_t))
                 continue
             r_s = box_params(s[pos.batch, pos.anchor, pos.gj, pos.gi].float())
             r_t = box_params(t[pos.batch, pos.anchor, pos.gj, pos.gi].detach().float())
@@ -173,12 +206,25 @@ class ChenDetectionKD(Term):
             y = target_box_params(pos, anchors[level], self.strides[level])
             d_s, d_t = ((r_s - y) ** 2).sum(-1), ((r_t - y) ** 2).sum(-1)
             losses.append(d_s * (d_s + self.margin > d_t))
-        return torch.cat(losses).mean() if losses else s_maps[0].sum() * 0
+        if not losses:
+            return s_maps[0].sum() * 0
+        if self.regression != "bounded_iou":
+            return torch.cat(losses).mean()
+        box_scale, _, _ = gain_scales(s_maps, self.strides, self.hard.normalise)
+        return self.hard.box_weight * box_scale * torch.cat(losses).mean()
+
+    def loss_parts(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """The objective's weighted parts (with gradients): hard_box, hard_obj, hard_cls, soft, bounded."""
+        s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
+        parts = {f"hard_{k}": v for k, v in self.hard.loss_parts(student, teachers, targets).items()}
+        parts["soft"] = (1 - self.mu) * self.soft_loss(s_maps, t_maps)
+        parts["bounded"] = self.nu * self.bounded_regression(s_maps, t_maps, targets)
+        return parts
 
     def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> torch.Tensor:
-        s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
-        return ((1 - self.mu) * self.soft_loss(s_maps, t_maps)
-                + self.nu * self.bounded_regression(s_maps, t_maps, targets))
+        parts = self.loss_parts(student, teachers, targets)
+        self.parts = {k: v.detach() for k, v in parts.items()}
+        return sum(parts.values())
 
 
 def imitation_mask(boxes: Sequence[torch.Tensor], anchors: torch.Tensor, stride: float, grid: tuple[int, int],
@@ -211,8 +257,11 @@ class NeckHints(Term):
 
     def __init__(self, levels: Sequence[tuple[str, str]], distance: str = "l2", adapter: str = "conv1x1",
                  imitation_mask: bool = False, psi: float = 0.5, anchors: Any = None,
-                 strides: Sequence[float] = (8, 16, 32), teacher_index: int = 0):
+                 strides: Sequence[float] = (8, 16, 32), teacher_index: int = 0, reduction: str = "mean"):
         super().__init__()
+        if reduction not in ("mean", "paper"):
+            raise ConfigError(f"NeckHints reduction='{reduction}': choose 'mean' or 'paper'")
+        self.reduction, self.distance = reduction, distance
         if not levels:
             raise ConfigError("NeckHints needs at least one (teacher_layer, student_layer) pair, e.g. "
                               "[('neck.p3', 'neck.p3'), ('neck.p4', 'neck.p4'), ('neck.p5', 'neck.p5')]")
@@ -250,5 +299,19 @@ class NeckHints(Term):
                 grid = tuple(teachers[hint.teacher_index][feature_key(hint.hint)].shape[2:4])
                 mask = imitation_mask([t["boxes"] for t in targets], self.anchors[level], self.strides[level],
                                       grid, self.psi)
-            losses.append(hint(student, teachers, targets, mask=mask))
+            if self.reduction == "paper":
+                losses.append(self.paper_distance(hint, student, teachers, mask))
+            else:
+                losses.append(hint(student, teachers, targets, mask=mask))
         return torch.stack(losses).mean()
+
+    def paper_distance(self, hint: HintLoss, student: Outputs, teachers: list[Outputs],
+                       mask: torch.Tensor | None) -> torch.Tensor:
+        """Chen's ‖V − Z‖² per image (batch mean), or with a mask Wang's Σ I Σ_c (·)² / (2 N_p)."""
+        target = teachers[hint.teacher_index][feature_key(hint.hint)].float()
+        adapted = hint.adapt(student[feature_key(hint.guided)].float(), target.shape)
+        diff = (adapted - target) ** 2 if self.distance == "l2" else (adapted - target).abs()
+        if mask is None:
+            return diff.flatten(1).sum(1).mean()
+        mask = mask.to(diff.dtype)
+        return (diff * mask).sum() / (2 * mask.sum()).clamp(min=1.0)

@@ -10,6 +10,7 @@ import torch
 from conftest import needs_fashion
 
 from hintdistill.build import build_data
+from hintdistill.cli import main
 from hintdistill.config import SyntheticConfig, recipe_from_dict
 from hintdistill.data.synthetic import (
     boxes_from_owner,
@@ -147,3 +148,16 @@ def test_bad_synthetic_settings_are_config_errors(tmp_path):
         recipe_from_dict(dict(base, data={"name": "synthetic", "synthetic": {"image_size": 64, "min_object_size": 40}}))
     with pytest.raises(ConfigError, match="'shoe' is not a Fashion-MNIST class; choose from tshirt, trouser"):
         ensure_synthetic(tmp_path, SyntheticConfig(classes=["bag", "shoe"]))
+
+
+@needs_fashion
+def test_make_data_command_writes_then_keeps_and_rejects_bad_options(tmp_path, capsys):
+    args = ["make-data", "synthetic", str(tmp_path / "s"), "--train", "3", "--val", "1", "--test", "2",
+            "--image-size", "64", "--classes", "bag", "Trouser", "--seed", "3"]
+    assert main(args) == 0
+    assert f"wrote {tmp_path / 's'}: images train 3, val 1, test 2;" in capsys.readouterr().out
+    assert synthetic_classes(SyntheticConfig(classes=["bag", "Trouser"])) == ["bag", "trouser"]
+    assert "<name>bag</name>" in "".join(p.read_text() for p in (tmp_path / "s/Annotations").iterdir())
+    assert main(args) == 0 and "up to date (same parameters), kept" in capsys.readouterr().out
+    assert main(["make-data", "synthetic", str(tmp_path / "t"), "--image-size", "16"]) == 2
+    assert "--image-size: Input should be greater than or equal to 32" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def synthetic_classes(spec: SyntheticConfig) -> list[str]:
     for name in spec.classes:
         slug = aliases.get(name.lower().replace(" ", "_"))
         if slug is None:
-            raise ConfigError(f"data.synthetic.classes: '{name}' is not a Fashion-MNIST class; choose from "
+            raise ConfigError(f"synthetic classes (data.synthetic.classes, --classes): '{name}' is not a Fashion-MNIST class; choose from "
                               f"{', '.join(SLUGS)}")
         if slug in names:
             raise ConfigError(f"data.synthetic.classes names '{slug}' twice")

@@ -69,11 +69,13 @@ class ItemPool:
 
     @classmethod
     def from_arrays(cls, items: np.ndarray, labels: np.ndarray, chosen: list[int]) -> ItemPool:
+        """A pool from items and their Fashion-MNIST labels; ``chosen`` are the object classes' labels."""
         by_class = [np.flatnonzero(labels == c) for c in chosen]
         others = np.flatnonzero(~np.isin(labels, chosen))
         return cls(items, by_class, others if len(others) else np.arange(len(items)))
 
     def item(self, label: int, rng: np.random.Generator) -> np.ndarray:
+        """A random item of chosen class ``label``."""
         return self.items[rng.choice(self.by_class[label])]
 
 
@@ -252,6 +254,7 @@ def split_labels(count: int, spec: SyntheticConfig, num_classes: int, rng: np.ra
 
 
 def annotation_xml(image_id: str, size: int, boxes: list[list[int]], names: list[str]) -> bytes:
+    """A Pascal VOC annotation (the fields ``VOCDetection`` reads), byte-identical for identical input."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "JPEGImages"
     ET.SubElement(root, "filename").text = f"{image_id}.jpg"
@@ -325,6 +328,7 @@ def _move_into_place(tmp: Path, out: Path, wanted: dict) -> None:
 
 
 def read_identity(out: Path) -> dict | None:
+    """The parameters ``out`` was generated with, or None if it was not made by this generator."""
     try:
         return json.loads((out / INFO_FILE).read_text())["identity"]
     except (OSError, ValueError, KeyError, TypeError):

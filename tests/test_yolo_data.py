@@ -62,6 +62,14 @@ def test_ultralytics_layout_boxes_in_pixels_backgrounds_and_letterbox(tmp_path):
     torch.testing.assert_close(test.records[0].boxes, torch.tensor([[0.0, 0.0, 64.0, 32.0]]))
 
 
+def test_ultralytics_split_as_a_list_of_folders_and_image_lists(tmp_path):
+    ultralytics(tmp_path / "set", train=["images/train", "extra.txt"])
+    (tmp_path / "set/extra.txt").write_text("./images/val/d.jpg\n")  # relative to the list file
+    ds = YoloTxtDetection(tmp_path / "set", "train")
+    assert [r.image.name for r in ds.records] == ["a.jpg", "c.jpg", "b.png", "d.jpg"]
+    assert ds.records[-1].labels.tolist() == [0]
+
+
 def test_darknet_obj_data_with_image_lists_and_both_label_rules(tmp_path):
     image(tmp_path / "data/obj/x1.jpg", (100, 50))
     label(tmp_path / "data/obj/x1.txt", "2 0.5 0.5 0.2 0.4\n")  # next to the image

@@ -1,10 +1,11 @@
-"""Command line: ``hintdistill run | inspect | eval | viz | models``."""
+"""Command line: ``hintdistill run | inspect | eval | viz | models | make-data``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import ConfigError, HintDistillError
 
@@ -92,6 +93,47 @@ def cmd_viz(a) -> int:
     return viz_command(a)
 
 
+# --- make-data: generated data sets ---
+def cmd_make_data(a) -> int:
+    """Generate (or find up to date) a synthetic detection set, a VOC folder recipes read as name: synthetic."""
+    from pydantic import ValidationError
+
+    from .config import SyntheticConfig
+    from .data.synthetic import INFO_FILE, ensure_synthetic
+
+    given = {"seed": a.seed, "train": a.train, "val": a.val, "test": a.test, "image_size": a.image_size,
+             "classes": a.classes, "max_objects": a.max_objects, "source_dir": a.source_dir}
+    try:
+        spec = SyntheticConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        problems = "; ".join(f"--{'.'.join(map(str, x['loc'])).replace('_', '-') or 'options'}: {x['msg']}"
+                             for x in e.errors())
+        raise ConfigError(f"make-data synthetic: {problems}") from None
+    made = ensure_synthetic(a.out, spec)
+    info = json.loads((Path(a.out) / INFO_FILE).read_text())
+    images = ", ".join(f"{s} {n}" for s, n in info["images"].items())
+    objects = sum(sum(c.values()) for c in info["objects"].values())
+    print(f"{'wrote' if made else 'up to date (same parameters), kept'} {a.out}: images {images}; {objects} objects "
+          f"of {', '.join(info['identity']['classes'])}; generated in {info['seconds']} s")
+    return 0
+
+
+def add_make_data(sub) -> None:
+    md = sub.add_parser("make-data", help="generate a data set: synthetic (Fashion-MNIST items on cluttered "
+                                          "backgrounds, a VOC folder)")
+    md.add_argument("kind", choices=["synthetic"])
+    md.add_argument("out", help="folder to write (kept as is when its parameters match)")
+    md.add_argument("--seed", type=int)
+    for split in ("train", "val", "test"):
+        md.add_argument(f"--{split}", type=int, metavar="N", help=f"{split} images (default 300 / 50 / 100)")
+    md.add_argument("--image-size", type=int, help="image side in pixels (default 256)")
+    md.add_argument("--classes", nargs="+", help="Fashion-MNIST classes (default tshirt trouser sandal bag ankle_boot)")
+    md.add_argument("--max-objects", type=int, help="objects per image, 0..N (default 4)")
+    md.add_argument("--source-dir", help="folder with the Fashion-MNIST IDX files (default: searched)")
+    md.set_defaults(func=cmd_make_data)
+# --- end make-data ---
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hintdistill", description="Knowledge distillation and hint learning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--input-size", type=int, help="resize the image to this square size")
     v.add_argument("--out", help="output folder (default RUN/figures)")
     v.set_defaults(func=cmd_viz)
+    add_make_data(sub)
     return p
 
 

@@ -178,8 +178,39 @@ class TeacherConfig(ModelConfig):
     train: TrainConfig = TrainConfig()
 
 
+# --- generated detection data (data/synthetic.py) ---
+SYNTHETIC_CLASSES = ["tshirt", "trouser", "sandal", "bag", "ankle_boot"]
+
+
+class SyntheticConfig(Strict):
+    """A detection set generated from a seed: Fashion-MNIST items (``classes``, by name) pasted at random
+    scales and places on cluttered backgrounds, written as a VOC folder at ``data.data_dir``."""
+
+    seed: int = Field(0, ge=0)
+    train: int = Field(300, ge=0, description="images in each split")
+    val: int = Field(50, ge=0)
+    test: int = Field(100, ge=0)
+    image_size: int = Field(256, ge=32, description="side of the generated square images")
+    classes: list[str] = Field(default_factory=lambda: list(SYNTHETIC_CLASSES), min_length=1)
+    max_objects: int = Field(4, ge=0, le=16, description="objects per image, drawn uniformly from 0..max")
+    min_object_size: int = Field(10, ge=4, description="smallest object's longest side, pixels")
+    max_object_fraction: float = Field(0.5, gt=0, le=1, description="largest object's longest side / image side")
+    max_occlusion: float = Field(0.3, ge=0, lt=1, description="most of an object later ones may cover")
+    distractors: int = Field(4, ge=0, description="unlabelled item fragments per image, drawn from 0..max")
+    source_dir: str | None = Field(None, description="where the Fashion-MNIST IDX files are (default: searched)")
+
+    @model_validator(mode="after")
+    def _sizes_fit(self):
+        if self.min_object_size > self.max_object_fraction * self.image_size:
+            raise ValueError(f"min_object_size {self.min_object_size} is larger than max_object_fraction x "
+                             f"image_size = {self.max_object_fraction * self.image_size:g}")
+        return self
+# --- end generated detection data ---
+
+
 class DataConfig(Strict):
-    name: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "voc", "coco"]
+    name: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "voc", "coco", "yolo",
+                  "synthetic"]
     data_dir: str | None = None
     download: bool = False
     train_subset: int | None = Field(None, gt=0, description="use only the first N training examples")
@@ -190,6 +221,13 @@ class DataConfig(Strict):
     val_split: str = "val"
     test_split: str = "test"
     workers: int = Field(2, ge=0)
+    synthetic: SyntheticConfig | None = Field(None, description="name: synthetic only: how to generate it")
+
+    @model_validator(mode="after")
+    def _synthetic_only_for_synthetic(self):
+        if self.synthetic is not None and self.name != "synthetic":
+            raise ValueError(f"data.synthetic describes a generated set; it needs name: synthetic (got {self.name})")
+        return self
 
 
 class Recipe(Strict):

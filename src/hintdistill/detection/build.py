@@ -16,8 +16,10 @@ import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..build import TaskData
-from ..config import Recipe
+from ..config import Recipe, SyntheticConfig
+from ..data.synthetic import ensure_synthetic, synthetic_classes
 from ..data.voc import CocoDetection, DetectionDataset, VOCDetection, detection_collate
+from ..data.yolo_txt import YoloTxtDetection
 from ..errors import ConfigError, DataError
 from ..terms.base import Term
 from ..terms.detection import ChenDetectionKD, NeckHints, ObjectnessScaledKD
@@ -44,11 +46,16 @@ def train_transforms(augment: list[str]) -> T.Compose:
 
 
 def open_split(recipe: Recipe, split: str) -> DetectionDataset:
-    """One split of the recipe's VOC folder or COCO layout, unaugmented; a missing path is a DataError."""
+    """One split of the recipe's VOC folder, COCO layout, YOLO-txt set or generated set, unaugmented; a missing
+    path is a DataError."""
     d = recipe.data
     if not d.data_dir:
         raise ConfigError(f"data.data_dir must name the {d.name.upper()} folder for a detection recipe")
     root = Path(d.data_dir).expanduser()
+    if d.name == "synthetic":  # generated on first use (or when its parameters change), then read as VOC
+        spec = d.synthetic or SyntheticConfig()
+        ensure_synthetic(root, spec)
+        return VOCDetection(root, split, d.image_size, classes=d.classes or synthetic_classes(spec))
     if not root.exists():
         raise DataError(f"data.data_dir {root} (resolved: {root.resolve()}) does not exist; a relative path is "
                         f"taken from the current folder ({Path.cwd()})")
@@ -58,6 +65,8 @@ def open_split(recipe: Recipe, split: str) -> DetectionDataset:
         # COCO layout: <data_dir>/<split>/ (images) and <data_dir>/annotations/instances_<split>.json
         return CocoDetection(root / split, root / "annotations" / f"instances_{split}.json", d.image_size,
                              classes=d.classes)
+    if d.name == "yolo":  # data_dir: a data.yaml / obj.data file or its folder; splits map as in data/yolo_txt.py
+        return YoloTxtDetection(root, split, d.image_size, classes=d.classes)
     raise ConfigError(f"data.name '{d.name}' is a classification data set; set task: classification")
 
 

@@ -1,0 +1,36 @@
+"""The three data sets' distill recipes share one set of defaults: they differ only in name and data."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hintdistill.config import SyntheticConfig, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("bccd", "raccoon", "synthetic")
+
+
+def tree(dataset: str) -> dict:
+    return yaml.safe_load((ROOT / "recipes" / f"{dataset}_yolo_distill.yaml").read_text())
+
+
+def test_distill_recipes_differ_only_in_name_and_data():
+    trees = {d: tree(d) for d in DATASETS}
+    rest = {d: {k: v for k, v in t.items() if k not in ("name", "data")} for d, t in trees.items()}
+    assert rest["raccoon"] == rest["bccd"] and rest["synthetic"] == rest["bccd"]
+    assert [t["name"] for t in trees.values()] == [f"{d}_yolo_distill" for d in DATASETS]
+    for d in DATASETS:
+        recipe = load_recipe(ROOT / "recipes" / f"{d}_yolo_distill.yaml")  # each one validates
+        assert recipe.task == "detection" and recipe.data.image_size == 256
+
+
+def test_data_sections_name_their_data():
+    assert tree("raccoon")["data"]["data_dir"].endswith("shared/data/raccoon")
+    synthetic = load_recipe(ROOT / "recipes/synthetic_yolo_distill.yaml").data
+    assert synthetic.name == "synthetic" and synthetic.synthetic == SyntheticConfig()  # the documented default set
+    for d in ("bccd", "raccoon"):
+        folder = ROOT / tree(d)["data"]["data_dir"]  # relative to the repository root, where recipes are run
+        if not (ROOT.parent / "shared/data").exists():
+            pytest.skip("the shared data folder is not here")
+        assert (folder / "ImageSets/Main/train.txt").is_file()

@@ -74,19 +74,26 @@ def tiny_v4(classes: int = 80, width: int = 416, c: int = 32, scale: float = 1.0
     return net(width) + "\n".join(body)
 
 
-def spp_mish(classes: int = 2, width: int = 64) -> str:
+def spp_mish(classes: int = 2, width: int = 64, yolov5_heads: bool = False) -> str:
     """A CSP stage with mish and a residual shortcut, an SPP block (maxpool 5/9/13, stride 1), three heads
-    at strides 8, 16, 32 in that order with scale_x_y, a grouped conv and a dropout."""
+    at strides 4, 8, 16 (listed coarsest first) with scale_x_y, a grouped conv and a dropout.
+    ``yolov5_heads``: new_coords=1 and scale_x_y=2 heads, the yolo family's box parametrisation."""
+
+    def head3(mask, scale):
+        if yolov5_heads:
+            return head(mask, ANCHORS9, classes, act="logistic", scale=2.0, new_coords=1)
+        return head(mask, ANCHORS9, classes, scale=scale)
+
     body = [conv(8, 3, act="mish"), conv(16, 3, 2, act="mish"), conv(8, 1, act="mish"), route(-2),    # 0-3
             conv(8, 1, act="mish"), conv(8, 3, act="mish"), conv(8, 3, act="mish"), shortcut(-3),     # 4-7
             conv(8, 1, act="mish"), route(-1, -7), conv(16, 3, 2, act="mish", groups=4),              # 8-10
             conv(16, 3, 2, act="relu"), conv(32, 3, 2, act="leaky"), conv(16, 1),                     # 11-13
             maxpool(5, 1), route(-2), maxpool(9, 1), route(-4), maxpool(13, 1), route(-1, -3, -5, -6),  # 14-19
             conv(16, 1), "[dropout]\nprobability=0.1\n", conv(32, 3),                                  # 20-22
-            head([6, 7, 8], ANCHORS9, classes, scale=1.05),                                            # 23-24
+            head3([6, 7, 8], 1.05),                                                                    # 23-24
             route(-4), upsample(), route(-1, 11), conv(16, 3),                                         # 25-28
-            head([3, 4, 5], ANCHORS9, classes, scale=1.1),                                             # 29-30
-            route(10), conv(16, 3), head([0, 1, 2], ANCHORS9, classes, scale=1.2)]                     # 31-34
+            head3([3, 4, 5], 1.1),                                                                     # 29-30
+            route(10), conv(16, 3), head3([0, 1, 2], 1.2)]                                             # 31-34
     return net(width) + "\n".join(body)
 
 

@@ -12,12 +12,13 @@ import torch
 
 from hintdistill.cli import main
 from hintdistill.detection.boxes import decode_level as yolo_decode_level
+from hintdistill.detection.loss import YoloLoss
 from hintdistill.errors import CheckpointError, ConfigError
 from hintdistill.models import build_model
 from hintdistill.models.darknet import DarknetModel, MaxPoolLayer, build_darknet
 from hintdistill.models.darknet_cfg import parse_network, parse_sections
 from hintdistill.models.darknet_weights import save_cfg, save_weights, weights_bytes
-from hintdistill.taps import Taps
+from hintdistill.taps import Taps, outputs_from
 
 torch.set_num_threads(1)
 
@@ -266,6 +267,27 @@ def test_decoding_worked_by_hand():
     raw.zero_()
     torch.testing.assert_close(model.decode_level(raw, 0)[0, 2, 3, 1, :4],  # σ(0)=.5: centre (1.5, 3.5) cells
                                torch.tensor([24 - 18.5, 56 - 29, 24 + 18.5, 56 + 29]))  # anchor (37, 58)
+
+
+def test_yolo_family_loss_trains_a_darknet_model_with_yolov5_heads():
+    """3 levels x 3 anchors and new_coords=1, scale_x_y=2: the built-in loss reads model.anchors/strides and
+    its box parametrisation is the model's own decoding, so a few steps fit one image's boxes."""
+    torch.manual_seed(0)
+    model = build_darknet(D.spp_mish(classes=2, yolov5_heads=True))
+    assert model.anchors.shape == (3, 3, 2) and model.strides.tolist() == [4, 8, 16]
+    loss_fn = YoloLoss.for_model(model)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    targets = [{"boxes": torch.tensor([[8.0, 8, 30, 40]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[20.0, 10, 60, 60], [2, 2, 14, 18]]), "labels": torch.tensor([0, 1])}]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        loss = loss_fn(outputs_from(model(x)), [], targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.3 * losses[0]
 
 
 def test_maxpool_padding_follows_darknet():

@@ -37,9 +37,11 @@ from .darknet_cfg import (
     parse_sections,
     read_cfg,
 )
-from .darknet_weights import DEFAULT_HEADER, load_weights
+from .darknet_weights import DEFAULT_HEADER, load_weights, save_cfg, save_weights
 from .registry import register
 from .yolo import YOLO
+
+__all__ = ["DarknetModel", "HeadSpec", "build_darknet", "load_weights", "save_cfg", "save_weights"]
 
 ACTIVATION_MODULES = {"linear": nn.Identity, "leaky": lambda: nn.LeakyReLU(0.1), "relu": nn.ReLU,
                       "mish": nn.Mish, "swish": nn.SiLU, "logistic": nn.Sigmoid}

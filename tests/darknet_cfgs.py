@@ -117,21 +117,29 @@ def _csp_stage(c_out: int, blocks: int, first: bool) -> list[str]:
     return layers
 
 
-def yolov4(classes: int = 80, width: int = 608) -> str:
-    """yolov4.cfg's layout (162 layers): CSPDarknet53 (mish), SPP, PANet (leaky), heads at 8, 16, 32."""
-    body = [conv(32, 3, act="mish")]
+def yolov4(classes: int = 80, width: int = 608, div: int = 1) -> str:
+    """yolov4.cfg's layout (162 layers): CSPDarknet53 (mish), SPP, PANet (leaky), heads at 8, 16, 32.
+    ``div``: every feature conv has filters/div (the same layout, cheaper to run)."""
+
+    def cv(filters: int, *args, **kw) -> str:
+        return conv(filters // div, *args, **kw)
+
+    body = [cv(32, 3, act="mish")]
+    # layers 1-104: five CSP stages, whose outputs are layers 10, 23, 54, 85, 104
     for c_out, blocks, first in ((64, 1, True), (128, 2, False), (256, 8, False), (512, 8, False),
                                  (1024, 4, False)):
-        body += _csp_stage(c_out, blocks, first)   # layers 1-104; stage outputs 10, 23, 54, 85, 104
-    body += [conv(512, 1), conv(1024, 3), conv(512, 1),                                          # 105-107
-             maxpool(5, 1), route(-2), maxpool(9, 1), route(-4), maxpool(13, 1), route(-1, -3, -5, -6),  # 108-113
-             conv(512, 1), conv(1024, 3), conv(512, 1), conv(256, 1), upsample(), route(85),     # 114-119
-             conv(256, 1), route(-1, -3), conv(256, 1), conv(512, 3), conv(256, 1), conv(512, 3),  # 120-125
-             conv(256, 1), conv(128, 1), upsample(), route(54), conv(128, 1), route(-1, -3),       # 126-131
-             conv(128, 1), conv(256, 3), conv(128, 1), conv(256, 3), conv(128, 1),                 # 132-136
-             conv(256, 3), head([0, 1, 2], ANCHORS9, classes, scale=1.2),                          # 137-139
-             route(-4), conv(256, 3, 2), route(-1, -16), conv(256, 1), conv(512, 3), conv(256, 1),  # 140-145
-             conv(512, 3), conv(256, 1), conv(512, 3), head([3, 4, 5], ANCHORS9, classes, scale=1.1),  # 146-150
-             route(-4), conv(512, 3, 2), route(-1, -37), conv(512, 1), conv(1024, 3), conv(512, 1),  # 151-156
-             conv(1024, 3), conv(512, 1), conv(1024, 3), head([6, 7, 8], ANCHORS9, classes, scale=1.05)]  # 157-161
+        body += _csp_stage(c_out // div, blocks, first)
+    body += [cv(512, 1), cv(1024, 3), cv(512, 1),                                             # 105-107
+             maxpool(5, 1), route(-2), maxpool(9, 1), route(-4), maxpool(13, 1),               # 108-112
+             route(-1, -3, -5, -6),                                                            # 113 (SPP)
+             cv(512, 1), cv(1024, 3), cv(512, 1), cv(256, 1), upsample(), route(85),           # 114-119
+             cv(256, 1), route(-1, -3), cv(256, 1), cv(512, 3), cv(256, 1), cv(512, 3),        # 120-125
+             cv(256, 1), cv(128, 1), upsample(), route(54), cv(128, 1), route(-1, -3),         # 126-131
+             cv(128, 1), cv(256, 3), cv(128, 1), cv(256, 3), cv(128, 1),                       # 132-136
+             cv(256, 3), head([0, 1, 2], ANCHORS9, classes, scale=1.2),                        # 137-139
+             route(-4), cv(256, 3, 2), route(-1, -16), cv(256, 1), cv(512, 3), cv(256, 1),     # 140-145
+             cv(512, 3), cv(256, 1), cv(512, 3), head([3, 4, 5], ANCHORS9, classes, scale=1.1),  # 146-150
+             route(-4), cv(512, 3, 2), route(-1, -37), cv(512, 1), cv(1024, 3), cv(512, 1),    # 151-156
+             cv(1024, 3), cv(512, 1), cv(1024, 3),                                             # 157-159
+             head([6, 7, 8], ANCHORS9, classes, scale=1.05)]                                   # 160-161
     return net(width) + "\n".join(body)

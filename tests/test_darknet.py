@@ -54,6 +54,7 @@ LAYOUTS = {
         "height=96", "height=64"), 64, 96),
     "SPP, mish, relu, shortcut, grouped conv, dropout, 3 heads": (D.spp_mish(classes=2, width=64), 64, 64),
     "new_coords=1, swish, logistic heads, scale_x_y=2": (D.new_coords(classes=4, width=64), 64, 64),
+    "yolov4 (162 layers, filters / 8)": (D.yolov4(classes=3, width=64, div=8), 64, 64),
 }
 
 
@@ -187,7 +188,8 @@ GOOD = D.net(64) + D.conv(8, 3) + D.head([0], [(10, 10)], 1)  # [net] 1-5, conv 
      r":14 \(\[shortcut\]\): from refers to layer -4 \(absolute -3\)"),
     (D.net(64) + D.conv(8, 3) + D.conv(8, 3, 2) + D.route(-1, -2) + D.head([0], [(9, 9)], 1),
      r"\(\[route\]\): layers \[1, 0\] have different spatial sizes"),
-    (GOOD.replace("filters=6", "filters=7"), r":19 \(\[yolo\]\): .*filters=6 .*got \[convolutional\] with 7 channels"),
+    (GOOD.replace("filters=6", "filters=7"),
+     r":19 \(\[yolo\]\): .*filters=6 .*got \[convolutional\] with 7 channels"),
     (GOOD.replace("anchors=10,10", "anchors=10,10,4"), r":\d+ \(\[yolo\]\): 3 anchor numbers for num=1"),
     (GOOD.replace("mask=0", "mask=1"), r"mask=\[1\] must name anchors in 0..0"),
     (GOOD.replace("pad=1", "pad=1\ndilation=2"), r":12 \(\[convolutional\]\): dilation=2 is not supported"),

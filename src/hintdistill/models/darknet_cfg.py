@@ -20,8 +20,8 @@ KINDS = {"net": "net", "network": "net", "convolutional": "convolutional", "conv
          "dropout": "dropout", "yolo": "yolo"}
 ACTIVATIONS = ("linear", "leaky", "relu", "mish", "swish", "logistic")
 # keys Darknet reads that change a layer's arithmetic in ways not built here: refuse rather than ignore
-UNSUPPORTED = {"convolutional": {"dilation": "1", "antialiasing": "0", "binary": "0", "xnor": "0", "share_index": None,
-                                 "deform": "0", "stride_x": None, "stride_y": None},
+UNSUPPORTED = {"convolutional": {"dilation": "1", "antialiasing": "0", "binary": "0", "xnor": "0",
+                                 "share_index": None, "deform": "0", "stride_x": None, "stride_y": None},
                "maxpool": {"maxpool_depth": "0", "antialiasing": "0", "stride_x": None, "stride_y": None},
                "upsample": {"scale": "1"}, "shortcut": {"weights_type": "none"}}
 _REQUIRED = object()
@@ -316,8 +316,8 @@ def layer_shapes(network: Network, height: int, width: int) -> list[tuple[Shape,
 
 
 def layer_bflops(layer: Layer, out: Shape) -> float:
-    """Darknet's count: 2·filters·(channels/groups)·size²·out_h·out_w per conv, size²·C·out pixels per maxpool,
-    one add per output element and source per shortcut (as Darknet's layer table prints them)."""
+    """Darknet's count: 2·filters·(channels/groups)·size²·out_h·out_w per conv, size²·C·out pixels per
+    maxpool, one add per output element and source per shortcut (as Darknet's layer table prints them)."""
     c, h, w = out
     p = layer.params
     if layer.kind == "convolutional":

@@ -195,6 +195,7 @@ GOOD = D.net(64) + D.conv(8, 3) + D.head([0], [(10, 10)], 1)  # [net] 1-5, conv 
     (GOOD.replace("pad=1", "pad=1\ndilation=2"), r":12 \(\[convolutional\]\): dilation=2 is not supported"),
     (GOOD.replace("new_coords=0", "new_coords=1"), r"new_coords=1 reads a logistic conv; set activation=logistic"),
     (D.net(64) + D.conv(8, 3), r"has no \[yolo\] section"),
+    (GOOD + D.route(-2) + D.head([0], [(10, 10)], 2), r":\d+ \(\[yolo\]\): classes=2 but the first \[yolo\] has classes=1"),
     (D.conv(8, 3), r"starts with a \[net\] section"),
 ])
 def test_malformed_cfg_errors_name_the_line(text, pattern):

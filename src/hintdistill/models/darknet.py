@@ -172,10 +172,8 @@ class DarknetModel(nn.Module):
         self.head_specs = [HeadSpec(h.index, network.layers[h.index - 1].stride, tuple(h.params["anchors"]),
                                     "darknet_new_coords" if h.params["new_coords"] else "darknet",
                                     h.params["scale_x_y"], h.params["classes"]) for h in heads]
-        classes = {s.num_classes for s in self.head_specs}
-        if len(classes) > 1:
-            raise ConfigError(f"{network.sections[0].source}: the [yolo] heads have different classes= {classes}")
-        self.num_classes = classes.pop()
+        self.num_classes = self.head_specs[0].num_classes
+        self.input_size = (network.height, network.width)  # [net]'s size; multiples of the largest stride run too
         # derived from the cfg, so not in the state_dict; buffers so they follow .to(device)
         self.register_buffer("strides", torch.tensor([float(s.stride) for s in self.head_specs]), persistent=False)
         for i, spec in enumerate(self.head_specs):

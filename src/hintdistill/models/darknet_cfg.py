@@ -282,8 +282,13 @@ def network_from_sections(sections: list[Section]) -> Network:
     for index, sec in enumerate(sections[1:]):
         _check_supported(sec)
         layers.append(_layer(sec, index, layers, channels))
-    if not any(layer.kind == "yolo" for layer in layers):
+    heads = [layer for layer in layers if layer.kind == "yolo"]
+    if not heads:
         raise ConfigError(f"{net.source}: the cfg has no [yolo] section; hintdistill's darknet models are detectors")
+    for head in heads[1:]:
+        if head.params["classes"] != heads[0].params["classes"]:
+            raise ConfigError(f"{head.section.where('classes')}: classes={head.params['classes']} but the first "
+                              f"[yolo] has classes={heads[0].params['classes']}; every head predicts the same classes")
     return Network(sections, width, height, channels, layers)
 
 

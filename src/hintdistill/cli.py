@@ -20,7 +20,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def load_any_model(ref: str, args_json: str | None):
-    """A registry name (with --args JSON) or a model.pt written by hintdistill."""
+    """A registry name (with --args JSON), a model.pt written by hintdistill, or ``darknet:PATH.cfg``."""
     from .engine.checkpoint import load_model
     from .models import build_model
 
@@ -30,6 +30,8 @@ def load_any_model(ref: str, args_json: str | None):
         args = json.loads(args_json) if args_json else {}
     except json.JSONDecodeError as e:
         raise ConfigError(f"--args must be a JSON object, e.g. '{{\"widths\": [16, 32]}}': {e}") from None
+    if ref.startswith("darknet:"):  # a Darknet cfg; --args may add weights, num_classes
+        return build_model("darknet", {"cfg": ref.split(":", 1)[1], **args})
     return build_model(ref, args)
 
 
@@ -49,11 +51,19 @@ def cmd_inspect(a) -> int:
 
     shape = parse_shape(a.input_shape)
     model = load_any_model(a.model, a.args)
-    rows = module_shapes(model, shape)
-    width = max((len(r[0]) for r in rows), default=10)
-    print(f"{'module':<{width}}  {'type':<20} {'output shape':<22} params")
-    for name, kind, out, n in rows:
-        print(f"{name:<{width}}  {kind:<20} {str(list(out)):<22} {n}")
+    if hasattr(model, "darknet_table"):  # --- Darknet models: Darknet's own layer table and BFLOPs
+        if len(shape) != 3 or shape[0] != model.in_channels:
+            raise ConfigError(f"--input-shape {a.input_shape}: this Darknet cfg takes {model.in_channels} channels "
+                              f"as C,H,W, e.g. {model.in_channels},608,608")
+        table, _ = model.darknet_table(*shape[1:])
+        print(f"{table}\n(tap layer N as layers.N)")
+        rows = module_shapes(model, shape) if a.student else []
+    else:  # --- end Darknet
+        rows = module_shapes(model, shape)
+        width = max((len(r[0]) for r in rows), default=10)
+        print(f"{'module':<{width}}  {'type':<20} {'output shape':<22} params")
+        for name, kind, out, n in rows:
+            print(f"{name:<{width}}  {kind:<20} {str(list(out)):<22} {n}")
     print(f"total parameters: {sum(p.numel() for p in model.parameters())}")
     if a.student:
         student = load_any_model(a.student, a.student_args)
@@ -143,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", help="run folder (default runs/<recipe name>)")
     r.set_defaults(func=cmd_run)
     i = sub.add_parser("inspect", help="list a model's modules with output shapes; suggest hint pairs")
-    i.add_argument("model", help="registry name (see `hintdistill models`) or a model.pt")
+    i.add_argument("model", help="registry name (see `hintdistill models`), a model.pt or darknet:PATH.cfg")
     i.add_argument("--input-shape", required=True, help="C,H,W e.g. 1,28,28")
     i.add_argument("--args", help="model arguments as JSON")
     i.add_argument("--student", help="a second model: suggest hint/guided pairs")

@@ -40,6 +40,7 @@ def _load_builtin() -> None:
         from . import yolo  # noqa: F401
     except ImportError:  # the detection family is optional while it is being built
         pass
+    from . import darknet  # noqa: F401  (Darknet .cfg/.weights detectors)
 
 
 def build_model(name: str, args: dict[str, Any] | None = None) -> nn.Module:

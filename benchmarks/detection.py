@@ -1,40 +1,32 @@
-"""BCCD detection distillation benchmark: YOLO-m teacher, YOLO-n students, Chen et al. 2017's Table 4 ablation.
+"""Detection distillation benchmark on three data sets: YOLO teacher, YOLO-n students, one set of recipe defaults.
 
-    python benchmarks/detection.py [--seeds 3] [--ablation-seeds K] [--rows ...] [--teacher-epochs N]
-        [--student-epochs N] [--epochs-scale F] [--input-size S] [--batch-size B] [--eval-every E]
-        [--threads T] [--merge]
+    python benchmarks/detection.py [--datasets bccd raccoon synthetic] [--seeds 3] [--rows ...]
+        [--teacher-size S] [--teacher-epochs N] [--student-epochs N] [--epochs-scale F] [--input-size S]
+        [--batch-size B] [--eval-every E] [--ablation-seeds K] [--threads T] [--merge] [--table-only]
 
-The run recorded in benchmarks/RESULTS.md (about 2 h on 2 cores: the main rows and the ablations as two
-1-thread processes side by side, each writing its rows into the same JSON):
+Each data set's recipe is recipes/<dataset>_yolo_distill.yaml; the three differ only in their data section,
+so every row uses the same defaults everywhere (data-derived settings such as k-means anchors aside). The
+command of each recorded run is in benchmarks/RESULTS.md.
 
-    C="--input-size 192 --teacher-epochs 40 --student-epochs 30 --batch-size 8 --eval-every 5 --merge"
-    python benchmarks/detection.py --rows teacher $C --threads 2      # first: the teacher both others load
-    C="$C --threads 1"
-    python benchmarks/detection.py --seeds 3 --rows teacher baseline kd kd_hint $C &
-    python benchmarks/detection.py --seeds 1 --rows ablation/cls ablation/cls_w ablation/l2 ablation/l2_b \
-        ablation/hints ablation/hints_a $C
+Rows (test split of each data set), every student built from its recipe's distill stage:
 
-Per epoch of 205 images at 192 px, batch 8, measured here: YOLO-m teacher ~40 s (2 threads, alone), YOLO-n
-~12 s, n distilled from m ~21-28 s (the teacher's forward pass), the narrow hint teacher ~17 s (1 thread).
-The recipe's own schedule (256 px, 60 teacher / 40 student epochs, 3 seeds, every row) is about 14 h here.
-
-Rows (test split, 72 images), all built from recipes/bccd_yolo_distill.yaml:
-
-- ``teacher``: YOLO-m, trained once (its recipe's teacher section) and loaded by every student run;
+- ``teacher``: trained once per data set and loaded by every student run;
 - ``baseline``: YOLO-n, detection loss alone;
-- ``kd``: + Chen et al.'s output distillation (``chen_kd``: soft class CE with w_bg = 1.5, teacher-bounded
-  regression, ν = 0.5); ``kd_hint``: + neck hints through 1x1 adaptation layers, γ = 0.5;
-- ``ablation/cls`` vs ``ablation/cls_w``: soft CE with w_bg = 1.0 vs 1.5 (no regression term, ν = 0);
-- ``ablation/l2`` vs ``ablation/l2_b``: soft CE (w_bg 1.5) + unbounded ‖R_s − R_t‖² vs teacher-bounded L_b
-  (``l2_b`` is the ``kd`` configuration, so it reuses those runs);
-- ``ablation/hints`` vs ``ablation/hints_a``: detection loss + neck hints without (identity) vs with a 1x1
-  adaptation layer. Identity needs equal channels, so these two use a narrow teacher of the student's
-  width (YOLO depth 1.0, width 0.25: ``hint_teacher`` in the JSON), trained like the main teacher.
+- ``chen_kd``: Chen et al. 2017 in one-stage form (hard loss with mu, weighted soft class CE with w_bg = 1.5,
+  teacher-bounded regression in the box loss's units, nu = 0.5); ``chen_kd_hints``: + neck hints through 1x1
+  adaptation layers, gamma = 0.5; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD;
+- ablations after Chen et al.'s Table 4 (``--rows ablation/...``, BCCD's hint teacher for the hint pair):
+  ``ablation/cls`` vs ``ablation/cls_w`` (soft CE with w_bg 1.0 vs 1.5, no regression term),
+  ``ablation/l2`` vs ``ablation/l2_b`` (unbounded L2 to the teacher vs the paper's teacher-bounded L2 on the
+  head's box parameters), ``ablation/hints`` vs ``ablation/hints_a`` (neck hints without / with a 1x1 adapter;
+  identity needs equal channels, so these use a narrow teacher of the student's width: ``hint_teacher``).
 
-Every student row uses the same stage (epochs, optimizer, schedule, augmentation) and, for a given seed, the
-same initial weights and data order; only the loss terms differ. Students run over ``--seeds`` seeds (mean,
-std). Runs live in benchmarks/runs/detection/<scale>/<row>/seed<k> and resume where they stopped; rerunning
-the command skips finished runs. Results: benchmarks/results/detection.json and a Markdown table.
+Every student row of a data set uses the same stage (epochs, optimizer, schedule, augmentation) and, for a
+given seed, the same initial weights and data order; only the loss terms differ. Students run over ``--seeds``
+seeds (mean, std, and a bootstrap 90% interval of mAP@0.5 over the test images for seed 0). Runs live in
+benchmarks/runs/detection/<dataset>/<scale>/<row>/seed<k> and resume where they stopped; rerunning the
+command skips finished runs. Results: benchmarks/results/detection.json (every row has ``dataset``) and a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -52,32 +44,33 @@ import torch
 import yaml
 
 from hintdistill.build import build_data
-from hintdistill.config import ChenKDTerm, load_recipe, recipe_from_dict
+from hintdistill.config import load_recipe, recipe_from_dict
 from hintdistill.engine.checkpoint import load_model
 from hintdistill.engine.pipeline import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes/bccd_yolo_distill.yaml"
-DATA_DIR = ROOT.parent / "shared/data/bccd"
+DATASETS = ("bccd", "raccoon", "synthetic")
 HINT_TEACHER_ARGS = {"size": "l", "width": 0.25}  # neck channels equal to yolo n's: identity hints possible
 
 DET = {"type": "detection"}
 CHEN = {"type": "chen_kd", "mu": 0.5, "temperature": 1.0, "background_weight": 1.5, "margin": 0.0, "nu": 0.5}
 HINTS = {"type": "neck_hints", "weight": 0.5, "adapter": "conv1x1", "distance": "l2"}
+OKD = {"type": "objectness_kd", "lambda_d": 1.0, "fm_nms": True}
 
 # row -> (teacher, terms); identical configurations share runs (see ALIASES)
 STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "baseline": ("teacher", [DET]),
-    "kd": ("teacher", [DET, CHEN]),
-    "kd_hint": ("teacher", [DET, CHEN, HINTS]),
-    "ablation/cls": ("teacher", [DET, dict(CHEN, background_weight=1.0, nu=0.0)]),
-    "ablation/cls_w": ("teacher", [DET, dict(CHEN, nu=0.0)]),
-    "ablation/l2": ("teacher", [DET, dict(CHEN, regression="l2")]),
-    "ablation/l2_b": ("teacher", [DET, CHEN]),
+    "chen_kd": ("teacher", [CHEN]),
+    "objectness_kd": ("teacher", [DET, OKD]),
+    "chen_kd_hints": ("teacher", [CHEN, HINTS]),
+    "ablation/cls": ("teacher", [dict(CHEN, background_weight=1.0, nu=0.0)]),
+    "ablation/cls_w": ("teacher", [dict(CHEN, nu=0.0)]),
+    "ablation/l2": ("teacher", [dict(CHEN, regression="l2")]),
+    "ablation/l2_b": ("teacher", [dict(CHEN, regression="bounded")]),
     "ablation/hints": ("hint_teacher", [DET, dict(HINTS, adapter="identity")]),
     "ablation/hints_a": ("hint_teacher", [DET, HINTS]),
 }
-ALIASES = {"ablation/l2_b": "kd"}
+ALIASES: dict[str, str] = {}
 SUFFIX = {"batch_size": "bs", "eval_every": "ee"}  # overridden stage fields in the run folder's name: _bs8_ee5
 ROWS = ["teacher", *STUDENT_ROWS]
 
@@ -113,9 +106,13 @@ def scaled(epochs: int, scale: float, override: int | None) -> int:
 class Bench:
     """Recipe trees for every row at one scale, and the runs behind them."""
 
-    def __init__(self, a: argparse.Namespace):
-        self.base = yaml.safe_load(RECIPE.read_text())
-        self.base["data"]["data_dir"] = str(DATA_DIR)  # the recipe's path is relative to the repository root
+    def __init__(self, a: argparse.Namespace, dataset: str):
+        self.dataset = dataset
+        self.base = yaml.safe_load((ROOT / "recipes" / f"{dataset}_yolo_distill.yaml").read_text())
+        # the recipe's data_dir is relative to the repository root
+        self.base["data"]["data_dir"] = str((ROOT / self.base["data"]["data_dir"]).resolve())
+        if a.teacher_size:
+            self.base["teacher"]["args"]["size"] = a.teacher_size
         self.size = a.input_size or self.base["data"]["image_size"]
         self.base["data"]["image_size"] = self.size
         if a.workers is not None:
@@ -130,7 +127,9 @@ class Bench:
         self.teacher_epochs = scaled(self.base["teacher"]["train"]["epochs"], a.epochs_scale, a.teacher_epochs)
         self.student_epochs = scaled(self.base["distill"][0]["epochs"], a.epochs_scale, a.student_epochs)
         extra = "".join(f"_{SUFFIX[k]}{v}" for k, v in self.overrides.items())
-        self.out = Path(a.out) / f"s{self.size}_t{self.teacher_epochs}_e{self.student_epochs}{subsets}{extra}"
+        teacher = f"_{a.teacher_size}" if a.teacher_size else ""
+        self.out = (Path(a.out) / dataset /
+                    f"s{self.size}_t{self.teacher_epochs}{teacher}_e{self.student_epochs}{subsets}{extra}")
         self.teacher_ckpt: dict[str, str] = {}
 
     def with_epochs(self, stage: dict, epochs: int) -> dict:
@@ -149,7 +148,7 @@ class Bench:
     def teacher(self, which: str) -> tuple[dict, str]:
         """Train (or find) a teacher; returns its summary row and model.pt path."""
         folder = self.out / which
-        tree = self.tree(f"bccd-{which}", folder, 0)
+        tree = self.tree(f"{self.dataset}-{which}", folder, 0)
         tree["teacher"]["train"] = self.with_epochs(tree["teacher"]["train"], self.teacher_epochs)
         if which == "hint_teacher":
             tree["teacher"]["args"] = dict(HINT_TEACHER_ARGS)
@@ -164,7 +163,7 @@ class Bench:
         teacher, terms = STUDENT_ROWS[row]
         key = ALIASES.get(row, row).replace("/", "_")
         folder = self.out / key / f"seed{seed}"
-        tree = self.tree(f"bccd-{key}-seed{seed}", folder, seed)
+        tree = self.tree(f"{self.dataset}-{key}-seed{seed}", folder, seed)
         tree["teacher"]["checkpoint"] = self.teacher_ckpt[teacher]
         if teacher == "hint_teacher":
             tree["teacher"]["args"] = dict(HINT_TEACHER_ARGS)
@@ -176,17 +175,10 @@ class Bench:
         return {**row, "seed": seed}
 
 
-def supported(row: str) -> str | None:
-    """Why a row cannot run with this checkout's schema, or None."""
-    if row == "ablation/l2" and "regression" not in ChenKDTerm.model_fields:
-        return "chen_kd has no 'regression' field in config.py yet (ChenKDTerm.regression: bounded | l2)"
-    return None
-
-
-def entry(name: str, runs: list[dict], epochs: int, size: int) -> dict:
+def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> dict:
     m50, m = [r["map50"] for r in runs], [r["map"] for r in runs]
     return {
-        "name": name, "arch": runs[0]["arch"], "params": runs[0]["params"], "gflops": runs[0]["gflops"],
+        "dataset": dataset, "name": name, "arch": runs[0]["arch"], "params": runs[0]["params"], "gflops": runs[0]["gflops"],
         "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in runs),
         "map50_mean": statistics.mean(m50), "map50_std": statistics.stdev(m50) if len(m50) > 1 else 0.0,
         "map_mean": statistics.mean(m), "map_std": statistics.stdev(m) if len(m) > 1 else 0.0,
@@ -198,13 +190,25 @@ def entry(name: str, runs: list[dict], epochs: int, size: int) -> dict:
 
 
 def in_order(results: list[dict]) -> list[dict]:
-    """Teacher rows first, then the student rows in ROWS order, whichever invocation wrote them."""
+    """By data set, then teacher rows first and the student rows in ROWS order, whichever invocation wrote them."""
     order = ["teacher", "hint_teacher", *STUDENT_ROWS]
-    return sorted(results, key=lambda e: order.index(e["name"]) if e["name"] in order else len(order))
+
+    def key(e: dict) -> tuple:
+        ds = e.get("dataset", "bccd")
+        return (DATASETS.index(ds) if ds in DATASETS else len(DATASETS), ds,
+                order.index(e["name"]) if e["name"] in order else len(order))
+    return sorted(results, key=key)
 
 
 def markdown(results: list[dict]) -> str:
+    """One table per data set."""
     results = in_order(results)
+    datasets = list(dict.fromkeys(r.get("dataset", "bccd") for r in results))
+    return "\n\n".join(f"### {ds}\n\n" + dataset_markdown([r for r in results if r.get("dataset", "bccd") == ds])
+                        for ds in datasets)
+
+
+def dataset_markdown(results: list[dict]) -> str:
     lines = ["| row | params | GFLOPs | mAP@0.5 | mAP@[.5:.95] | seeds | epochs | input | CPU ms/img | train wall |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -219,7 +223,7 @@ def markdown(results: list[dict]) -> str:
               for r in results]
     by = {r["name"]: r for r in results}
     t, b = by.get("teacher"), by.get("baseline")
-    for row in ("kd", "kd_hint"):
+    for row in ("chen_kd", "objectness_kd", "chen_kd_hints"):
         s = by.get(row)
         if t and b and s and t["map50_mean"] != b["map50_mean"]:
             closed = (s["map50_mean"] - b["map50_mean"]) / (t["map50_mean"] - b["map50_mean"])
@@ -234,21 +238,53 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_dataset(a: argparse.Namespace, dataset: str, results: list[dict], write) -> list[dict]:
+    """Every requested row of one data set; ``write(results)`` is called after every seed."""
+    bench = Bench(a, dataset)
+    students = [r for r in a.rows if r != "teacher"]
+    ablation_seeds = a.seeds if a.ablation_seeds is None else a.ablation_seeds
+    teachers = []
+    if "teacher" in a.rows or any(STUDENT_ROWS[r][0] == "teacher" for r in students):
+        t_row, _ = bench.teacher("teacher")
+        if "teacher" in a.rows:
+            teachers.append(entry("teacher", [t_row], bench.teacher_epochs, bench.size, dataset))
+    if any(STUDENT_ROWS[r][0] == "hint_teacher" for r in students) and ablation_seeds > 0:
+        h_row, _ = bench.teacher("hint_teacher")
+        teachers.append(entry("hint_teacher", [h_row], bench.teacher_epochs, bench.size, dataset))
+    produced = {e["name"] for e in teachers} | set(students)
+    others = [e for e in results if (e.get("dataset", "bccd"), e["name"]) not in {(dataset, n) for n in produced}]
+    runs: dict[str, list[dict]] = {}
+    current = others + teachers
+    write(current, {(dataset, n) for n in produced})
+    for seed in range(a.seeds):
+        for row in students:
+            if row.startswith("ablation/") and seed >= ablation_seeds:
+                continue
+            runs.setdefault(row, []).append(bench.student(row, seed))
+            current = others + teachers + [entry(r, runs[r], bench.student_epochs, bench.size, dataset)
+                                           for r in students if r in runs]
+            write(current, {(dataset, n) for n in produced})  # after every run: a cut leaves its rows behind
+        print(json.dumps({k: [round(v["map50"], 4) for v in vs] for k, vs in runs.items()}), flush=True)
+    return current
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--seeds", type=int, default=3, help="student seeds 0..N-1 (default 3)")
     p.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply the recipe's epochs")
     p.add_argument("--teacher-epochs", type=int, default=None, help="override (after --epochs-scale)")
     p.add_argument("--student-epochs", type=int, default=None, help="override (after --epochs-scale)")
+    p.add_argument("--teacher-size", default=None, help="override the recipes' teacher size (yolo n/s/m/l)")
     p.add_argument("--input-size", type=int, default=None, help="letterboxed input size (default: the recipe's)")
     p.add_argument("--train-subset", type=int, default=None, help="first N training images (smoke tests)")
     p.add_argument("--test-subset", type=int, default=None, help="first N test images (smoke tests)")
     p.add_argument("--ablation-seeds", type=int, default=None,
                    help="run the ablation rows for the first N seeds only (default: all --seeds)")
     p.add_argument("--merge", action="store_true",
-                   help="keep the rows of --results that this invocation does not produce (e.g. ablations run "
-                        "later with fewer seeds)")
+                   help="keep the rows of --results that this invocation does not produce (e.g. another data "
+                        "set, or ablations run later with fewer seeds)")
     p.add_argument("--batch-size", type=int, default=None, help="override every stage's batch size")
     p.add_argument("--eval-every", type=int, default=None,
                    help="test every N epochs (the last epoch always; default: the recipe's)")
@@ -260,51 +296,27 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks/runs/detection"))
     p.add_argument("--table-only", action="store_true", help="print the table of --results and exit (no training)")
     a = p.parse_args()
+    dest = Path(a.results)
     if a.table_only:
-        print(markdown(json.loads(Path(a.results).read_text())))
+        print(markdown(json.loads(dest.read_text())))
         return 0
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    bench = Bench(a)
-    students = [r for r in a.rows if r != "teacher"]
-    skipped = {r: why for r in students if (why := supported(r))}
-    for row, why in skipped.items():
-        print(f"skipping {row}: {why}", flush=True)
-    students = [r for r in students if r not in skipped]
-    ablation_seeds = a.seeds if a.ablation_seeds is None else a.ablation_seeds
-    teachers = []
-    if "teacher" in a.rows or any(STUDENT_ROWS[r][0] == "teacher" for r in students):
-        t_row, _ = bench.teacher("teacher")
-        if "teacher" in a.rows:
-            teachers.append(entry("teacher", [t_row], bench.teacher_epochs, bench.size))
-    if any(STUDENT_ROWS[r][0] == "hint_teacher" for r in students) and ablation_seeds > 0:
-        h_row, _ = bench.teacher("hint_teacher")
-        teachers.append(entry("hint_teacher", [h_row], bench.teacher_epochs, bench.size))
-    dest = Path(a.results)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    produced = {e["name"] for e in teachers} | set(students)
 
-    def kept() -> list[dict]:
-        # --merge: the rows another invocation wrote (read again at every write: two may run side by side)
-        if not (a.merge and dest.is_file()):
-            return []
-        return [e for e in json.loads(dest.read_text()) if e["name"] not in produced]
+    def write(rows: list[dict], produced: set) -> None:
+        # --merge: keep the rows another invocation wrote (read again at every write: two may run side by side)
+        kept = [e for e in json.loads(dest.read_text()) if (e.get("dataset", "bccd"), e["name"]) not in produced] \
+            if a.merge and dest.is_file() else []
+        mine = [e for e in rows if (e.get("dataset", "bccd"), e["name"]) in produced]
+        dest.write_text(json.dumps(in_order(kept + mine), indent=2) + "\n")
 
-    runs: dict[str, list[dict]] = {}
-    results = kept() + teachers
-    for seed in range(a.seeds):
-        for row in students:
-            if row.startswith("ablation/") and seed >= ablation_seeds:
-                continue
-            runs.setdefault(row, []).append(bench.student(row, seed))
-        print(json.dumps({k: [round(v["map50"], 4) for v in vs] for k, vs in runs.items()}), flush=True)
-        # written after every seed, so a run cut short still leaves its finished rows behind
-        results = kept() + teachers + [entry(row, runs[row], bench.student_epochs, bench.size) for row in students
-                              if row in runs]
-        dest.write_text(json.dumps(in_order(results), indent=2))
+    results = json.loads(dest.read_text()) if a.merge and dest.is_file() else []
+    for dataset in a.datasets:
+        results = run_dataset(a, dataset, results, write)
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")
-    print(markdown(results))
+    print(markdown(json.loads(dest.read_text())))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``hintdistill run | inspect | eval | viz | models``."""
+"""Command line: ``hintdistill run | inspect | eval | viz | models | sweep | export``."""
 
 from __future__ import annotations
 
@@ -92,6 +92,25 @@ def cmd_viz(a) -> int:
     return viz_command(a)
 
 
+# --- export (hintdistill[export]) ---
+def cmd_export(a) -> int:
+    from .export import describe, export_onnx
+
+    shape = parse_shape(a.input_shape) if a.input_shape else None
+    print(describe(export_onnx(a.model, shape, a.output)))
+    return 0
+
+
+def add_export_parser(sub) -> None:
+    x = sub.add_parser("export", help="write the student alone as ONNX (dynamic batch) and check it with onnxruntime")
+    x.add_argument("model", help="a run folder (its distilled/model.pt) or a model.pt")
+    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("--input-shape", help="C,H,W (default: from the run's recipe.yaml)")
+    x.add_argument("--output", help="the .onnx file (default: next to model.pt, as model.onnx)")
+    x.set_defaults(func=cmd_export)
+# --- end export ---
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hintdistill", description="Knowledge distillation and hint learning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--input-size", type=int, help="resize the image to this square size")
     v.add_argument("--out", help="output folder (default RUN/figures)")
     v.set_defaults(func=cmd_viz)
+    add_export_parser(sub)
     return p
 
 

@@ -92,6 +92,30 @@ def cmd_viz(a) -> int:
     return viz_command(a)
 
 
+# --- sweep ---
+def cmd_sweep(a) -> int:
+    from .sweep import Sweep, parse_grid, parse_ties, run_sweep
+
+    grid = parse_grid(a.grid)
+    run_sweep(Sweep(a.recipe, grid, parse_ties(a.tie, grid), a.seeds, a.set, a.output_dir))
+    return 0
+
+
+def add_sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="run a recipe for every combination of --grid values (x seeds), resumably, "
+                                      "and rank them in one table")
+    s.add_argument("recipe")
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a recipe field and its values, e.g. distill.0.terms.1.temperature=2,4,8 (repeatable)")
+    s.add_argument("--tie", action="append", default=[], metavar="KEY=EXPRESSION",
+                   help="a field computed from others, e.g. distill.0.terms.0.weight=1-distill.0.terms.1.weight")
+    s.add_argument("--seeds", type=int, default=1, help="seeds per combination: the recipe's seed, +1, ...")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field in every cell")
+    s.add_argument("--output-dir", help="sweep folder (default runs/<recipe name>-sweep)")
+    s.set_defaults(func=cmd_sweep)
+# --- end sweep ---
+
+
 # --- export (hintdistill[export]) ---
 def cmd_export(a) -> int:
     from .export import describe, export_onnx
@@ -140,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--input-size", type=int, help="resize the image to this square size")
     v.add_argument("--out", help="output folder (default RUN/figures)")
     v.set_defaults(func=cmd_viz)
+    add_sweep_parser(sub)
     add_export_parser(sub)
     return p
 

@@ -1,8 +1,10 @@
 """hintdistill export: ONNX with a dynamic batch that onnxruntime runs like PyTorch, and clear errors."""
 
+import json
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -66,6 +68,9 @@ def test_yolo_exports_its_raw_head_maps(tmp_path):
     assert result["output_names"] == ["head0", "head1", "head2"]
     # strides 8, 16, 32 at 64 px; 3 anchors; 5 + 3 classes per anchor
     assert result["outputs"] == {"head0": [3, 8, 8, 8], "head1": [3, 4, 4, 8], "head2": [3, 2, 2, 8]}
+    props = {p.key: p.value for p in onnx.load(tmp_path / "out" / "student.onnx").metadata_props}
+    assert json.loads(props["anchors"]) == model.anchors.tolist() and json.loads(props["strides"]) == [8, 16, 32]
+    assert json.loads(props["hintdistill.spec"]) == spec
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)

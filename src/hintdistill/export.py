@@ -4,7 +4,8 @@ The graph comes from ``torch.onnx.export(dynamo=True)``, the torch.export-based 
 default since PyTorch 2.9 (the TorchScript one is deprecated); it needs onnxscript. Input ``input``
 ``[batch, C, H, W]``; outputs ``logits`` ``[batch, classes]`` for a classifier, or a detector's raw
 per-level head maps ``head0``, ``head1``, ``head2`` ``[batch, anchors, H/s, W/s, 5 + classes]`` (strides
-8, 16, 32; undecoded, as ``YOLO.forward`` returns them). After writing, the file is run by onnxruntime
+8, 16, 32; undecoded, as ``YOLO.forward`` returns them; the anchors, strides and box decoding are in
+the file's metadata). After writing, the file is run by onnxruntime
 on a random test batch: every output must equal PyTorch's within 1e-4 (absolute, plus 1e-4 relative),
 and batch 1 must run too (the batch dimension is really dynamic).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -83,8 +85,21 @@ def _as_list(out) -> list[torch.Tensor]:
     return outs
 
 
-def write_onnx(model: nn.Module, input_shape: tuple[int, ...], output: Path) -> list[str]:
-    """Export ``model`` (eval mode) with a dynamic batch; written atomically; returns the output names."""
+def metadata(model: nn.Module, spec: dict) -> dict[str, str]:
+    """What a deployment needs beside the graph: the model spec; for a detector its anchors and strides."""
+    props = {"hintdistill.spec": json.dumps(spec)}
+    anchors, strides = getattr(model, "anchors", None), getattr(model, "strides", None)
+    if isinstance(anchors, torch.Tensor) and isinstance(strides, torch.Tensor):
+        props.update({"anchors": json.dumps(anchors.tolist()), "strides": json.dumps(strides.tolist()),
+                      "box_decoding": "yolov5: xy = (2 sigmoid(t_xy) - 0.5 + cell) * stride, "
+                                      "wh = (2 sigmoid(t_wh))^2 * anchor; objectness and classes: sigmoid"})
+    return props
+
+
+def write_onnx(model: nn.Module, input_shape: tuple[int, ...], output: Path,
+               props: dict[str, str] | None = None) -> list[str]:
+    """Export ``model`` (eval mode) with a dynamic batch and ``props`` as metadata; written atomically;
+    returns the output names."""
     model.eval()
     x = torch.randn(2, *input_shape)  # batch 2: a traced batch of 1 would be specialized into the graph
     with torch.no_grad():
@@ -98,6 +113,12 @@ def write_onnx(model: nn.Module, input_shape: tuple[int, ...], output: Path) -> 
         with contextlib.redirect_stdout(log):  # the exporter narrates each of its steps
             torch.onnx.export(model, (x,), tmp, dynamo=True, external_data=False, input_names=["input"],
                               output_names=names, dynamic_shapes=({0: torch.export.Dim("batch")},))
+        if props:
+            import onnx
+
+            graph = onnx.load(tmp)
+            onnx.helper.set_model_props(graph, props)
+            onnx.save(graph, tmp)
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the model from the service that deploys it
         os.replace(tmp, output)
     except Exception as e:
@@ -146,11 +167,11 @@ def export_onnx(source: str | Path, input_shape: tuple[int, ...] | None = None,
 
     _require_onnx()
     model_file = find_model_file(source)
-    model, _ = load_model(model_file)
+    model, ckpt = load_model(model_file)
     model.eval()
     shape = tuple(input_shape) if input_shape else default_input_shape(model_file, model)
     out = Path(output) if output else model_file.with_suffix(".onnx")
-    names = write_onnx(model, shape, out)
+    names = write_onnx(model, shape, out, metadata(model, ckpt["spec"]))
     result = {"source": str(model_file), "onnx": str(out), "input_shape": list(shape), "output_names": names,
               "size_bytes": out.stat().st_size}
     return {**result, **check_onnx(model, out, shape)}

@@ -247,7 +247,8 @@ class Sweep:
         _write_atomic(self.folder / "sweep.md", f"# sweep of {self.recipe_path}\n\n{self.table()}\n")
 
     def table(self) -> str:
-        return markdown(self.state["ranking"], references(self.cells), self.base.task,
+        # every cell of the state: the teacher's and a seed's baseline owner may come from an earlier grid
+        return markdown(self.state["ranking"], references(list(self.state["cells"].values())), self.base.task,
                         list(self.grid), list(self.ties), self.labels)
 
 
@@ -263,6 +264,7 @@ def run_sweep(sweep: Sweep, log=print) -> dict:
     from .engine.pipeline import run_recipe
 
     total = len(sweep.cells)
+    sweep.save()  # the plan, with each cell's role, before the first cell trains
     for i, cell in enumerate(sweep.cells, 1):
         folder = sweep.cell_dir(cell)
         title = f"[sweep {i}/{total}] {cell['name']} seed {cell['seed']}"

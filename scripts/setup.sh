@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up hintdistill in ./.venv: PyTorch, the package with its dependencies, and the local data the
 # demo and tests read (Debian's dataset-fashion-mnist). Safe to run again; it skips what is there.
-#   bash scripts/setup.sh            # library, CLI, test tools, Fashion-MNIST
+#   bash scripts/setup.sh            # library, CLI, test tools, timm + ONNX export extras, Fashion-MNIST
 #   bash scripts/setup.sh --browser  # also Chromium, for the HTML report's browser test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,11 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   # torch 2.14.1 / torchvision 0.29.1 are a matched pair (other torchvision builds fail to import with it).
   .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-.venv/bin/pip install -q -e ".[dev]"
+# timm and export are optional extras the tests use; pinning the installed torch/torchvision keeps pip
+# from replacing the matched pair while it resolves timm's and onnxscript's requirements.
+PINS=$(.venv/bin/python -c 'import torch, torchvision; print(f"torch=={torch.__version__} torchvision=={torchvision.__version__}")')
+# shellcheck disable=SC2086  # two words on purpose
+.venv/bin/pip install -q -e ".[dev,timm,export]" $PINS
 
 if [ ! -e /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && [ -z "${HINTDISTILL_DATA:-}" ]; then
   apt_install dataset-fashion-mnist || echo "setup: could not install dataset-fashion-mnist; set HINTDISTILL_DATA" >&2

@@ -1,4 +1,4 @@
-"""Command line: ``hintdistill run | inspect | eval | viz | models | make-data``."""
+"""Command line: ``hintdistill run | inspect | eval | viz | models | make-data | sweep | export``."""
 
 from __future__ import annotations
 
@@ -142,6 +142,47 @@ def add_make_data(sub) -> None:
     md.add_argument("--source-dir", help="folder with the Fashion-MNIST IDX files (default: searched)")
     md.set_defaults(func=cmd_make_data)
 # --- end make-data ---
+# --- sweep ---
+def cmd_sweep(a) -> int:
+    from .sweep import Sweep, parse_grid, parse_ties, run_sweep
+
+    grid = parse_grid(a.grid)
+    run_sweep(Sweep(a.recipe, grid, parse_ties(a.tie, grid), a.seeds, a.set, a.output_dir))
+    return 0
+
+
+def add_sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="run a recipe for every combination of --grid values (x seeds), resumably, "
+                                      "and rank them in one table")
+    s.add_argument("recipe")
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a recipe field and its values, e.g. distill.0.terms.1.temperature=2,4,8 (repeatable)")
+    s.add_argument("--tie", action="append", default=[], metavar="KEY=EXPRESSION",
+                   help="a field computed from others, e.g. distill.0.terms.0.weight=1-distill.0.terms.1.weight")
+    s.add_argument("--seeds", type=int, default=1, help="seeds per combination: the recipe's seed, +1, ...")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field in every cell")
+    s.add_argument("--output-dir", help="sweep folder (default runs/<recipe name>-sweep)")
+    s.set_defaults(func=cmd_sweep)
+# --- end sweep ---
+
+
+# --- export (hintdistill[export]) ---
+def cmd_export(a) -> int:
+    from .export import describe, export_onnx
+
+    shape = parse_shape(a.input_shape) if a.input_shape else None
+    print(describe(export_onnx(a.model, shape, a.output)))
+    return 0
+
+
+def add_export_parser(sub) -> None:
+    x = sub.add_parser("export", help="write the student alone as ONNX (dynamic batch) and check it with onnxruntime")
+    x.add_argument("model", help="a run folder (its distilled/model.pt) or a model.pt")
+    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("--input-shape", help="C,H,W (default: from the run's recipe.yaml)")
+    x.add_argument("--output", help="the .onnx file (default: next to model.pt, as model.onnx)")
+    x.set_defaults(func=cmd_export)
+# --- end export ---
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="output folder (default RUN/figures)")
     v.set_defaults(func=cmd_viz)
     add_make_data(sub)
+    add_sweep_parser(sub)
+    add_export_parser(sub)
     return p
 
 

@@ -55,12 +55,17 @@ def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 
 
     m = copy.deepcopy(model).cpu().eval()
     x = torch.randn(batch, *input_shape)
+    return median_ms(lambda: m(x), warmup, iters) / batch
+
+
+def median_ms(fn, warmup: int = 5, iters: int = 30) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
     for _ in range(warmup):
-        m(x)
+        fn()
     times = []
     for _ in range(iters):
         t = time.perf_counter()
-        m(x)
+        fn()
         times.append(time.perf_counter() - t)
     times.sort()
-    return 1000.0 * times[len(times) // 2] / batch
+    return 1000.0 * times[len(times) // 2]

@@ -1,4 +1,4 @@
-"""Model registry: names like ``mlp``, ``cnn``, ``resnet20``, ``yolo`` or ``torchvision:resnet18``.
+"""Model registry: names like ``mlp``, ``cnn``, ``resnet20``, ``yolo``, ``torchvision:resnet18`` or ``timm:resnet18``.
 
 A model is described by a *spec* ``{"name": ..., "args": {...}}``; checkpoints store the spec so a
 model can be rebuilt without the recipe.
@@ -29,7 +29,7 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
 
 def available() -> list[str]:
     _load_builtin()
-    return sorted(_REGISTRY) + ["torchvision:<name>"]
+    return sorted(_REGISTRY) + ["torchvision:<name>", "timm:<name>"]
 
 
 def _load_builtin() -> None:
@@ -44,9 +44,16 @@ def _load_builtin() -> None:
 
 
 def build_model(name: str, args: dict[str, Any] | None = None) -> nn.Module:
-    """Build a registered model, or any torchvision classification model as ``torchvision:<name>``."""
+    """Build a registered model, or any torchvision / timm classification model as ``torchvision:<name>`` /
+    ``timm:<name>``."""
     args = dict(args or {})
     _load_builtin()
+    # --- timm models (optional extra hintdistill[timm]) ---
+    if name.startswith("timm:"):
+        from .timm_models import build_timm
+
+        return build_timm(name.split(":", 1)[1], args)
+    # --- end timm ---
     if name.startswith("torchvision:"):
         import torchvision
 

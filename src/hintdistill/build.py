@@ -27,7 +27,7 @@ def build_term(cfg: Any, context: dict | None = None) -> Term:
         return SoftTargetKD(cfg.temperature)
     if cfg.type == "hint":
         return HintLoss(cfg.hint, cfg.guided, cfg.adapter, cfg.distance, cfg.resize, cfg.reduction,
-                        cfg.adapter_activation, cfg.teacher_index)
+                        cfg.adapter_activation, cfg.teacher_index, tokens_to_map=cfg.tokens_to_map)
     from .detection.build import build_detection_term  # detection terms need the detector's pieces
 
     return build_detection_term(cfg, context or {})

@@ -62,6 +62,8 @@ class HintTerm(Strict):
     reduction: Literal["mean", "sum"] = "mean"
     resize: Literal["none", "interpolate", "pool"] = "none"
     teacher_index: int = Field(0, ge=0)
+    tokens_to_map: bool = Field(False, description="reshape ViT token maps [B, 1+H*W, C] to [B, C, H, W], "
+                                                   "dropping the class token")
 
 
 class DetectionTerm(Strict):

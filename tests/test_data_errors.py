@@ -193,3 +193,24 @@ def test_detection_data_drops_a_truncated_test_image_and_the_summary_counts_it(t
     assert [r.image.stem for r in test_set.records] == ["00", "02"] and len(test_set.dropped) == 1
     assert sum(len(t["labels"]) for _, targets in data.test_loader for t in targets) == 2  # 01 is not evaluated
     assert dropped_note(data.test_loader).startswith("\n1 unreadable test image(s) left out")
+
+
+def test_image_damaged_inside_is_named_even_from_a_loader_worker(tmp_path):
+    from hintdistill.cli import user_message
+
+    write_image_folder(tmp_path, splits=("train",))
+    good = tmp_path / "train/cat/0.jpg"
+    bad = tmp_path / "train/cat/2.png"
+    Image.open(good).save(bad)
+    data = bytearray(bad.read_bytes())
+    for i in range(200, 400):  # damage inside the compressed data; the header and the IEND end marker stay
+        data[i] ^= 0x5A
+    bad.write_bytes(bytes(data))
+    assert image_problem(bad) is None  # the cheap check on opening cannot see it
+    loader, _ = image_folder_loader(str(tmp_path / "train"), 8, False, 16, 0, workers=1)
+    with pytest.raises(DataError) as info:
+        list(loader)
+    assert "Original Traceback" in str(info.value)  # torch's re-raise from the worker
+    assert user_message(info.value) == (f"image {bad} cannot be decoded (unrecognized data stream contents when "
+                                        f"reading image file) although its header is fine: delete or re-save it, "
+                                        f"then rerun the same command (the run resumes from its last checkpoint).")

@@ -154,6 +154,15 @@ def user_os_error(e: OSError) -> str | None:
     return f"cannot use{name}: {e.strerror or e}. Fix: {USER_OS_ERRORS[e.errno]}."
 
 
+def user_message(e: HintDistillError) -> str:
+    """The error's own message; one re-raised from a DataLoader worker carries the worker's traceback text
+    before it (torch builds "Caught X in DataLoader worker ... Original Traceback ... X: message")."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        text = text.rsplit(f"{type(e).__name__}: ", 1)[-1].strip()
+    return text
+
+
 def report_internal_error() -> None:
     from . import __version__
 
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except HintDistillError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: the last finished epoch's checkpoint is kept; rerun the same command to resume",

@@ -256,6 +256,19 @@ def check_image_folder(root: Path) -> None:
     _CHECKED_FOLDERS.add(root.resolve())
 
 
+def read_rgb(path: str):
+    """ImageFolder's loader: an image that passed ``check_image_folder`` but fails to decode now (damage inside
+    the file) is a DataError naming it, not an OSError traceback from a worker."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"image {path} cannot be decoded ({e}) although its header is fine: delete or re-save "
+                        f"it, then rerun the same command (the run resumes from its last checkpoint).") from None
+
+
 def image_folder_loader(root: str, batch_size: int, train: bool, image_size: int, seed: int,
                         rank: int = 0, world: int = 1, workers: int = 2):
     """A DataLoader over a torchvision ImageFolder (one sub-folder per class) for users' own data."""
@@ -269,7 +282,7 @@ def image_folder_loader(root: str, batch_size: int, train: bool, image_size: int
     if train:
         ops += [v2.RandomHorizontalFlip()]
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
-    ds = torchvision.datasets.ImageFolder(root, transform=v2.Compose(ops))
+    ds = torchvision.datasets.ImageFolder(root, transform=v2.Compose(ops), loader=read_rgb)
     sampler = None
     if world > 1:
         sampler = torch.utils.data.distributed.DistributedSampler(ds, world, rank, shuffle=train, seed=seed)

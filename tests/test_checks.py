@@ -70,3 +70,19 @@ def test_detection_class_counts_of_teacher_student_and_data():
     head_only.head = nn.Module()
     head_only.head.num_outputs = 5 + 7
     assert detector_classes(head_only) == 7
+
+
+def test_check_model_fits_data_compares_a_detection_teacher_with_the_student():
+    from types import SimpleNamespace
+
+    from hintdistill.checks import check_model_fits_data
+
+    torch.manual_seed(0)
+    three, four = (build_model("yolo", {"num_classes": n, "size": "n"}) for n in (3, 4))
+    data = SimpleNamespace(kind="detection", input_shape=(3, 32, 32), num_classes=3)
+    assert check_model_fits_data(three, data, "student", "voc") is three
+    with pytest.raises(ConfigError, match="the student detects 4 classes but the data has 3"):
+        check_model_fits_data(three, data, "teacher", "voc", four)
+    with pytest.raises(ConfigError, match="expects 3-channel images .* but data 'voc' gives 1 channels"):
+        check_model_fits_data(three, SimpleNamespace(kind="detection", input_shape=(1, 32, 32), num_classes=3),
+                              "teacher", "voc")

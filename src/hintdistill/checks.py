@@ -90,3 +90,12 @@ def check_class_counts(teacher: nn.Module, student: nn.Module, num_classes: int,
                 f"the {who} detects {n} classes but the data has {num_classes}: remove num_classes from the "
                 f"{who}'s args (it defaults to the data's), or list the {n} classes the {who} was trained on in "
                 f"data.classes.")
+
+
+def check_model_fits_data(model: nn.Module, data, role: str, data_name: str, student: nn.Module | None = None):
+    """Both checks for one model against a ``TaskData`` (input shape, class count, kind), before it trains;
+    returns the model. A detection teacher is compared with the ``student`` too."""
+    check_input_channels(model, data.input_shape, role, f"data '{data_name}'")
+    if data.kind == "detection":
+        check_class_counts(model, student if student is not None else model, data.num_classes, role)
+    return model

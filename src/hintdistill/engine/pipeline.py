@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from ..build import TaskData, build_data, instantiate, model_spec
-from ..checks import check_class_counts, check_input_channels  # issue 12
+from ..checks import check_model_fits_data  # issue 12
 from ..config import Recipe
 from ..data.sanity import dropped_note  # issue 12
 from ..errors import ShapeError
@@ -67,9 +67,9 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     data = build_data(recipe)
     rows = []
     # before any teacher trains: a student that cannot be built or predicts the wrong classes fails now
-    probe_student = instantiate(model_spec(recipe.student, data.model_defaults))
-    check_input_channels(probe_student, data.input_shape, "student", f"data '{recipe.data.name}'")  # issue 12
-    check_num_classes(probe_student, data, "student")
+    student = check_model_fits_data(instantiate(model_spec(recipe.student, data.model_defaults)), data, "student",
+                                    recipe.data.name)  # issue 12: channels and class counts
+    check_num_classes(student, data, "student")
 
     teachers = []
     for i, tcfg in enumerate(recipe.teachers):
@@ -77,8 +77,7 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         spec = model_spec(tcfg, data.model_defaults)
         seed_everything(recipe.seed + 1000 * (i + 1))
         model = instantiate(spec)
-        check_input_channels(model, data.input_shape, name, f"data '{recipe.data.name}'")  # issue 12
-        check_class_counts(model, probe_student, data.num_classes, name)  # issue 12
+        check_model_fits_data(model, data, name, recipe.data.name, student)  # issue 12
         check_num_classes(model, data, name)
         if tcfg.checkpoint:
             load_teacher_weights(model, tcfg.checkpoint)

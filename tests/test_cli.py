@@ -105,7 +105,7 @@ def test_eval_prints_accuracy_of_a_model_file(tmp_path, tiny_recipe, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["examples"] == 256 and result["errors"] == round(256 * (1 - result["accuracy"]))
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    assert main(["eval", str(tmp_path / "r.yaml"), str(tmp_path / "junk.pt")]) == 1
+    assert main(["eval", str(tmp_path / "r.yaml"), str(tmp_path / "junk.pt")]) == 2  # every user error exits 2
     assert f"checkpoint {tmp_path / 'junk.pt'} cannot be read" in capsys.readouterr().err
 
 

@@ -60,16 +60,17 @@ def test_voc_bad_boxes_and_unknown_classes_warn_with_file_and_count(tmp_path):
     assert [len(r.boxes) for r in ds.records] == [1, 1]
 
 
-def test_voc_unreadable_image_is_skipped_mid_epoch(tmp_path):
+def test_voc_unreadable_image_is_dropped_when_opened_not_replaced(tmp_path):
     write_voc(tmp_path, {"a": [("dog", 1, 1, 9, 9)], "b": [("cat", 1, 1, 9, 9)]})
     (tmp_path / "JPEGImages/a.jpg").write_bytes(b"not a jpeg")
-    ds = VOCDetection(tmp_path, image_size=32)
-    with pytest.warns(UserWarning, match=r"cannot read image .*a\.jpg.*1 unreadable"):
-        image, target = ds[0]
-    assert target["labels"].tolist() == [0]  # the next readable image, b
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable or truncated images \(left out, not replaced\): "
+                                         r"a\.jpg \(not an image file PIL can read\)"):
+        ds = VOCDetection(tmp_path, image_size=32)
+    assert len(ds) == 1 and ds.dropped == ["a.jpg (not an image file PIL can read)"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ds[0]  # known bad: no second warning
+        image, target = ds[0]
+    assert target["labels"].tolist() == [0]  # b, the only image left, is a cat
 
 
 def test_voc_missing_folder_or_split_is_a_data_error(tmp_path):

@@ -7,10 +7,16 @@ Built from shapes probed on one dry-run batch:
   dim, so a larger guided map lands exactly on the hint's size (Romero et al. 2015, §2.2);
 - ``linear``: for vector features ``[B, D]``;
 - ``identity``: shapes must already match.
+
+Token maps ``[B, N, C]`` (a ViT's blocks) fit none of these: the hint term's ``tokens_to_map: true`` reshapes
+them to ``[B, C, H, W]`` first (``tokens_to_map`` below).
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from .errors import ShapeError
@@ -23,6 +29,13 @@ def build_adapter(kind: str, guided_shape: tuple[int, ...], hint_shape: tuple[in
     """An adapter taking a tensor of ``guided_shape`` (with batch dim) to the hint's channels."""
     if kind not in ADAPTERS:
         raise ShapeError(f"unknown adapter '{kind}'; choose one of {', '.join(ADAPTERS)}")
+    if kind != "identity" and 3 in (len(guided_shape), len(hint_shape)):
+        raise ShapeError(
+            f"guided {tuple(guided_shape)} and hint {tuple(hint_shape)}: a 3-d feature [B, N, C] is a token map "
+            f"(a ViT block's output), which adapter '{kind}' cannot take: conv adapters need [B, C, H, W], "
+            f"'linear' needs [B, D]. Set tokens_to_map: true on the hint term (drops a class token, reshapes the "
+            f"N = H*W tokens to [B, C, H, W]), or choose a layer that outputs a feature map or a vector."
+        )
     if kind == "identity":
         if tuple(guided_shape[1:]) != tuple(hint_shape[1:]):
             raise ShapeError(
@@ -63,3 +76,20 @@ def build_adapter(kind: str, guided_shape: tuple[int, ...], hint_shape: tuple[in
     if activation != "none":
         raise ShapeError(f"unknown adapter activation '{activation}'; choose 'none' or 'relu'")
     return layer
+
+
+def tokens_to_map(tokens: torch.Tensor, name: str = "feature") -> torch.Tensor:
+    """``[B, N, C]`` tokens to a ``[B, C, H, W]`` map: N = H*W (square), or 1 + H*W with a leading class token,
+    which is dropped (it has no place on the grid). Other tensors pass unchanged."""
+    if tokens.dim() != 3:
+        return tokens
+    b, n, c = tokens.shape
+    for extra in (0, 1):
+        side = math.isqrt(n - extra) if n > extra else 0
+        if side * side == n - extra:
+            return tokens[:, extra:].transpose(1, 2).reshape(b, c, side, side)
+    raise ShapeError(
+        f"tokens_to_map: '{name}' has {n} tokens, neither H*W nor 1 + H*W (a class token) for a square H = W: "
+        f"a model with more extra tokens (DeiT's distillation token) or a non-square grid is not supported; "
+        f"choose another layer."
+    )

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import config as C
 from .distiller import Linear
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .models import build_model
 from .terms import CrossEntropy, HintLoss, SoftTargetKD, Term
 
@@ -27,7 +27,7 @@ def build_term(cfg: Any, context: dict | None = None) -> Term:
         return SoftTargetKD(cfg.temperature)
     if cfg.type == "hint":
         return HintLoss(cfg.hint, cfg.guided, cfg.adapter, cfg.distance, cfg.resize, cfg.reduction,
-                        cfg.adapter_activation, cfg.teacher_index)
+                        cfg.adapter_activation, cfg.teacher_index, tokens_to_map=cfg.tokens_to_map)
     from .detection.build import build_detection_term  # detection terms need the detector's pieces
 
     return build_detection_term(cfg, context or {})
@@ -95,8 +95,11 @@ def build_classification_data(recipe: C.Recipe) -> TaskData:
             raise ConfigError("data.data_dir must name the image folder (one sub-folder per class)")
         root = d.data_dir.rstrip("/")
         _, classes = image_folder_loader(f"{root}/train", 1, False, d.image_size, 0, workers=0)
-        test, _ = image_folder_loader(f"{root}/test", recipe.eval_batch_size, False, d.image_size, 0,
-                                      workers=d.workers)
+        test, test_classes = image_folder_loader(f"{root}/test", recipe.eval_batch_size, False, d.image_size, 0,
+                                                 workers=d.workers)
+        if test_classes != classes:  # issue 12: ImageFolder numbers classes by folder, so they must agree
+            raise DataError(f"{root}/train and {root}/test have different class folders ({classes} vs "
+                            f"{test_classes}); the labels would not match: give both the same class folders.")
 
         def train_loader(bs, augment, seed, rank, world):
             loader, _ = image_folder_loader(f"{root}/train", bs, True, d.image_size, seed, rank, world, d.workers)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import ConfigError, HintDistillError
@@ -217,7 +219,53 @@ def build_parser() -> argparse.ArgumentParser:
     add_make_data(sub)
     add_sweep_parser(sub)
     add_export_parser(sub)
+    p.add_argument("--debug", action="store_true", help="show the traceback of a user error")
+    for command in sub.choices.values():  # `hintdistill run x.yaml --debug` too; SUPPRESS keeps a --debug given first
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of a user error")
     return p
+
+
+# --- error policy (issue 12): a user error exits 2 with one paragraph, a traceback only with --debug; any
+# other exception is ours: exit 1 with its traceback and a request to report it.
+USER_OS_ERRORS = {  # errno -> the fix; other OSErrors are treated as internal
+    errno.ENOENT: "check the path (a relative path is taken from the current folder)",
+    errno.EACCES: "check the file's permissions, or choose another path",
+    errno.EPERM: "check the file's permissions, or choose another path",
+    errno.EISDIR: "give a file, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.ENOSPC: "free disk space or write the run elsewhere with --output-dir; the last complete checkpoint "
+                  "is kept and rerunning the same command resumes from it",
+    errno.EDQUOT: "free space within your disk quota or write the run elsewhere with --output-dir",
+    errno.EROFS: "the disk is read-only: write the run elsewhere with --output-dir",
+    errno.EEXIST: "remove the file in the way or choose another path",
+}
+
+
+def user_os_error(e: OSError) -> str | None:
+    """The paragraph for an OSError a user can fix (missing file, permissions, disk full), else None."""
+    if e.errno not in USER_OS_ERRORS:
+        return None
+    name = f" {e.filename}" if e.filename else ""
+    return f"cannot use{name}: {e.strerror or e}. Fix: {USER_OS_ERRORS[e.errno]}."
+
+
+def user_message(e: HintDistillError) -> str:
+    """The error's own message; one re-raised from a DataLoader worker carries the worker's traceback text
+    before it (torch builds "Caught X in DataLoader worker ... Original Traceback ... X: message")."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        text = text.rsplit(f"{type(e).__name__}: ", 1)[-1].strip()
+    return text
+
+
+def report_internal_error() -> None:
+    from . import __version__
+
+    traceback.print_exc()
+    print(f"internal error in hintdistill {__version__} (Python {sys.version.split()[0]}): this is a bug, not "
+          f"a problem with your input. Please report it with the command you ran and the traceback above.",
+          file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,12 +273,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except HintDistillError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: the last finished epoch's checkpoint is kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except OSError as e:
+        message = user_os_error(e)
+        if message is None:
+            report_internal_error()
+            return 1
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except Exception:
+        report_internal_error()
+        return 1
 
 
 if __name__ == "__main__":

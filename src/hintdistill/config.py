@@ -6,6 +6,8 @@ exit code 2). ``--set key.path=value`` overrides are applied to the YAML before 
 
 from __future__ import annotations
 
+import math
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -60,6 +62,8 @@ class HintTerm(Strict):
     reduction: Literal["mean", "sum"] = "mean"
     resize: Literal["none", "interpolate", "pool"] = "none"
     teacher_index: int = Field(0, ge=0)
+    tokens_to_map: bool = Field(False, description="reshape ViT token maps [B, 1+H*W, C] to [B, C, H, W], "
+                                                   "dropping the class token")
 
 
 class DetectionTerm(Strict):
@@ -285,47 +289,125 @@ def set_path(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``key.path=value`` strings to (key, value) pairs, the value read as YAML (``3``, ``[a, b]``, ``true``)."""
     out = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key.path=value, got '{item}'")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set '{item}': the key path '{key}' has an empty part; write e.g. "
+                              f"--set distill.0.epochs=5")
+        try:
+            value = yaml.safe_load(raw)
+        except (yaml.YAMLError, RecursionError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"--set {key}: the value '{raw[:80]}' is not valid YAML ({first}); to pass it as "
+                              f"text, put it in quotes: --set '{key}=\"{raw[:20]}\"'") from None
+        check_tree(value, f"--set {key}")
+        out.append((key, value))
     return out
+
+
+MAX_ERRORS_SHOWN = 20
 
 
 def format_validation_error(err: ValidationError, source: str, single_teacher: bool = False) -> str:
     lines = [f"invalid recipe {source}:"]
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:MAX_ERRORS_SHOWN]:
         loc = list(e["loc"])
         if single_teacher and loc[:2] == ["teachers", 0]:
             loc = ["teacher", *loc[2:]]  # name the field as the recipe spells it, not as it is normalized
         path = ".".join(str(p) for p in loc) or "(top level)"
         value = e.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        shown = reprlib.repr(value) if not isinstance(value, dict) else "{...}"  # bounded, even for huge lists
         if len(shown) > 80:
             shown = shown[:77] + "..."
         lines.append(f"  {path}: {e['msg']} (got {shown})")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"  ... and {len(errors) - MAX_ERRORS_SHOWN} more")
     return "\n".join(lines)
+
+
+# A recipe is a few KB; these bounds stop a wrong file or an alias bomb before it fills memory or the stack.
+MAX_RECIPE_BYTES = 1_000_000
+MAX_DEPTH = 40
+MAX_VALUES = 100_000
+
+
+def check_tree(tree: Any, source: str) -> None:
+    """Reject what no recipe field can hold, before pydantic walks it: nesting deeper than ``MAX_DEPTH``,
+    more than ``MAX_VALUES`` values once aliases are expanded, a structure that contains itself, keys that are
+    not strings, and numbers that are not finite or do not fit 64 bits."""
+    count = 0
+    stack: list[tuple[Any, str, int, tuple[int, ...]]] = [(tree, "", 0, ())]
+    while stack:
+        node, where, depth, parents = stack.pop()
+        count += 1
+        at = f" at '{where}'" if where else ""
+        if count > MAX_VALUES:
+            raise ConfigError(f"{source} expands to more than {MAX_VALUES} values (YAML aliases repeated inside "
+                              f"each other?); a recipe holds a few hundred: remove the repeated '*' aliases")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source} is nested more than {MAX_DEPTH} levels deep{at}; no recipe field is: "
+                              f"check the brackets and indentation")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(f"{source}: {node!r}{at} is not a finite number; give a real value")
+        if isinstance(node, int) and not isinstance(node, bool) and not -2**63 <= node < 2**63:
+            raise ConfigError(f"{source}: the number{at} has {len(str(node))} digits, more than any field takes")
+        if not isinstance(node, dict | list):
+            continue
+        if id(node) in parents:
+            raise ConfigError(f"{source}: the value{at} contains itself (a YAML alias inside its own anchor); "
+                              f"write the value out instead")
+        inner = (*parents, id(node))
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(node, dict) and not isinstance(key, str):
+                raise ConfigError(f"{source}: the key {key!r}{at} is not a field name (YAML read it as a "
+                                  f"{type(key).__name__}); field names are words: quote it ('{key}') if needed")
+            stack.append((value, f"{where}.{key}" if where else str(key), depth + 1, inner))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; any problem is a ConfigError naming the field."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"recipe {path} is a folder; give the recipe's .yaml file (ready ones are in recipes/)")
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist; ready recipes are in the recipes/ folder")
     try:
-        tree = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"recipe {path} is {size / 1e6:.1f} MB; a recipe is a few KB of YAML: is it the "
+                              f"right file?")
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise ConfigError(f"recipe {path} cannot be read ({e.strerror or e}); check its permissions") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          f"is it the right file? A recipe is a YAML text file, see recipes/") from None
+    try:
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {path} is nested too deeply for YAML to read; check the brackets "
+                          f"and indentation") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"recipe {path} must be a mapping of fields (name, data, teacher, student, distill)")
     return recipe_from_dict(tree, overrides, str(path))
 
 
 def recipe_from_dict(tree: dict, overrides: list[str] | None = None, source: str = "<dict>") -> Recipe:
+    """Apply ``--set`` overrides and validate; any problem is a ConfigError naming the field."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"recipe {source} must be a mapping of fields, got a {type(tree).__name__}")
     for key, value in parse_overrides(overrides or []):
         set_path(tree, key, value)
+    check_tree(tree, f"recipe {source}")
     single_teacher = "teacher" in tree and "teachers" not in tree
     try:
         return Recipe.model_validate(tree)

@@ -6,13 +6,11 @@ from __future__ import annotations
 class HintDistillError(Exception):
     """Base class of every error raised for bad input (bad recipe, bad layer name, bad data)."""
 
-    exit_code = 1
+    exit_code = 2  # every error a user can cause exits 2 from the CLI; 1 is kept for internal errors
 
 
 class ConfigError(HintDistillError):
     """The recipe or a command-line option is invalid; raised before any training starts."""
-
-    exit_code = 2
 
 
 class DataError(HintDistillError):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from .sanity import scan_images
 
 DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
 TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -222,6 +223,52 @@ def load_tensors(name: str, split: str, data_dir: str | None = None, download: b
     raise DataError(f"unknown built-in data set '{name}'")
 
 
+_CHECKED_FOLDERS: set[Path] = set()  # checked once per process, not once per phase's loader
+
+
+def check_image_folder(root: Path) -> None:
+    """Before torchvision's ImageFolder sees it: class sub-folders exist, each holds images, and every image
+    can be read (header and end-of-file marker); otherwise a DataError naming the folders or files and the fix.
+    A bad image is an error here, not skipped: in an image folder the file is the labelled example."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if root.resolve() in _CHECKED_FOLDERS:
+        return
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"image folder {root} has no class sub-folders; put each class's images in "
+                        f"{root}/<class name>/ (e.g. {root}/cat/1.jpg, {root}/dog/2.jpg).")
+    images, empty = [], []
+    for folder in classes:
+        found = [f for f in sorted(folder.rglob("*")) if f.suffix.lower() in IMG_EXTENSIONS and f.is_file()]
+        images += found
+        if not found:
+            empty.append(folder.name)
+    if empty:
+        raise DataError(f"image folder {root}: the class folder(s) {', '.join(empty)} hold no images (looked for "
+                        f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s).")
+    problems = scan_images(images)
+    if problems:
+        shown = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in list(problems.items())[:10])
+        raise DataError(f"image folder {root}: {len(problems)} of {len(images)} images cannot be read: {shown}"
+                        f"{' ...' if len(problems) > 10 else ''}. Delete them or replace them with complete "
+                        f"copies (a cut-off download or copy is truncated).")
+    _CHECKED_FOLDERS.add(root.resolve())
+
+
+def read_rgb(path: str):
+    """ImageFolder's loader: an image that passed ``check_image_folder`` but fails to decode now (damage inside
+    the file) is a DataError naming it, not an OSError traceback from a worker."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"image {path} cannot be decoded ({e}) although its header is fine: delete or re-save "
+                        f"it, then rerun the same command (the run resumes from its last checkpoint).") from None
+
+
 def image_folder_loader(root: str, batch_size: int, train: bool, image_size: int, seed: int,
                         rank: int = 0, world: int = 1, workers: int = 2):
     """A DataLoader over a torchvision ImageFolder (one sub-folder per class) for users' own data."""
@@ -230,11 +277,12 @@ def image_folder_loader(root: str, batch_size: int, train: bool, image_size: int
 
     if not Path(root).is_dir():
         raise DataError(f"image folder {root} does not exist; it must hold one sub-folder of images per class")
+    check_image_folder(Path(root))
     ops = [v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)]
     if train:
         ops += [v2.RandomHorizontalFlip()]
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
-    ds = torchvision.datasets.ImageFolder(root, transform=v2.Compose(ops))
+    ds = torchvision.datasets.ImageFolder(root, transform=v2.Compose(ops), loader=read_rgb)
     sampler = None
     if world > 1:
         sampler = torch.utils.data.distributed.DistributedSampler(ds, world, rank, shuffle=train, seed=seed)

@@ -9,16 +9,23 @@ through ``torchvision.transforms.v2`` with ``tv_tensors.BoundingBoxes`` so the b
 
 Bad annotations never stop an epoch: a box with zero or negative size or outside the image, an unknown
 class name, a missing or unreadable annotation or image is skipped with one warning per kind that names
-the files and the total count.
+the files and the total count. Images are checked when the data set is opened (header and end-of-file
+marker, ``sanity.image_problem``): an unreadable or truncated image is dropped and counted in
+``dataset.dropped`` (train and test alike), never replaced by another image, so a test set's numbers do not
+move; one that still fails to decode mid-epoch is a DataError naming the file. With no ``classes`` given, a
+class name that looks like a typo of a frequent one (``RBc`` next to 300 ``RBC``) is a DataError naming the
+files (``sanity.check_class_names``).
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import math
 import random
 import warnings
 import xml.etree.ElementTree as ET
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..errors import DataError
+from .sanity import check_class_names, scan_images
 
 PAD_VALUE = 114
 
@@ -81,14 +89,14 @@ class DetectionDataset(Dataset):
     """Records (image path, boxes, labels) → letterboxed, optionally augmented samples."""
 
     def __init__(self, records: list[Record], classes: list[str], image_size: int = 320, train: bool = False,
-                 mosaic: bool | float = False, source: str = "dataset"):
+                 mosaic: bool | float = False, source: str = "dataset", dropped: list[str] | None = None):
         self.records, self.classes = records, list(classes)
+        self.dropped = list(dropped or [])  # "file (reason)" of each image left out when the set was opened
         self.image_size, self.train, self.source = image_size, train, source
         self.mosaic = float(mosaic) if train else 0.0
         self.augment = T.Compose([T.RandomHorizontalFlip(0.5),
                                   T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.015)])
         self.sanitize = T.Compose([T.ClampBoundingBoxes(), T.SanitizeBoundingBoxes(min_size=2)])
-        self.unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -125,22 +133,18 @@ class DetectionDataset(Dataset):
         padding = [left, top, s - nw - left, s - nh - top]
         return TF.pad(image, padding, fill=PAD_VALUE), TF.pad(boxes, padding), scale, (left, top)
 
-    def load_readable(self, index: int):
-        """``load(index)`` or, if that image cannot be read, the next readable one (with a warning)."""
-        for step in range(len(self)):
-            i = (index + step) % len(self)
-            if i in self.unreadable:
-                continue
-            try:
-                return (i, *self.load(i))
-            except (RuntimeError, OSError, ValueError) as e:
-                self.unreadable.add(i)
-                warnings.warn(f"{self.source}: cannot read image {self.records[i].image} ({e}); skipped "
-                              f"({len(self.unreadable)} unreadable image(s) so far)", stacklevel=2)
-        raise DataError(f"{self.source}: no image could be read; check the image folder and file formats")
+    def load_checked(self, index: int):
+        """``load(index)``; an image that passed the check on opening but fails to decode now is a DataError:
+        substituting another image would silently change the data (a test image counted twice)."""
+        try:
+            return (index, *self.load(index))
+        except (RuntimeError, OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"{self.source}: image {self.records[index].image} cannot be decoded ({e}) although its "
+                            f"header is fine. Delete or re-save it, then rerun the same command: the run resumes "
+                            f"from its last checkpoint.") from None
 
     def sample(self, index: int, augment: bool = True) -> tuple[dict, float, tuple[int, int], tuple[int, int], int]:
-        index, image, boxes, labels = self.load_readable(index)
+        index, image, boxes, labels = self.load_checked(index)
         orig = tuple(image.shape[-2:])
         image, boxes, scale, pad = self.letterbox(image, boxes)
         if self.train and augment:  # after the resize: jitter on S × S pixels is cheaper than on the original
@@ -184,13 +188,63 @@ class DetectionDataset(Dataset):
 
 
 def _voc_class_names(annotations: Path) -> list[str]:
-    names = set()
+    """Every class name in ``Annotations/`` (sorted); a name that looks like a typo of a frequent one is an
+    error naming its files."""
+    counts: Counter = Counter()
+    files: dict[str, list[str]] = defaultdict(list)
     for xml in annotations.glob("*.xml"):
         try:
-            names.update((o.findtext("name") or "").strip() for o in ET.parse(xml).getroot().iter("object"))
-        except ET.ParseError:
+            names = [(o.findtext("name") or "").strip() for o in ET.parse(xml).getroot().iter("object")]
+        except (ET.ParseError, OSError, ValueError):
             continue  # reported when the split is parsed
-    return sorted(n for n in names if n)
+        for name in filter(None, names):
+            counts[name] += 1
+            files[name].append(xml.name)
+    check_class_names(counts, files, annotations)
+    return sorted(counts)
+
+
+def drop_unreadable(records: list[Record], issues: Issues) -> tuple[list[Record], list[str]]:
+    """The records whose image can be read, and "file (reason)" for each one left out (counted, not replaced)."""
+    problems = scan_images([r.image for r in records])
+    dropped = [f"{p.name} ({why})" for p, why in problems.items()]
+    for detail in dropped:
+        issues.add("unreadable or truncated images (left out, not replaced)", detail)
+    return [r for r in records if r.image not in problems], dropped
+
+
+def _read_ids(split_file: Path) -> list[str]:
+    try:
+        return split_file.read_bytes().decode("utf-8-sig").split()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{split_file} cannot be read as a text list of image ids ({e}); it must hold one image "
+                        f"id per line (the file names in JPEGImages/ without extension).") from None
+
+
+def _find_image(img_dir: Path, filename: str | None, image_id: str) -> Path:
+    # only the base name: an annotation must not point outside JPEGImages/
+    image = img_dir / Path((filename or "").strip() or f"{image_id}.jpg").name
+    if not image.is_file() and "/" not in image_id:
+        image = next(iter(sorted(img_dir.glob(f"{glob.escape(image_id)}.*"))), image)
+    return image
+
+
+def _image_size(tree: ET.Element) -> tuple[float | None, float | None]:
+    try:
+        width, height = float(tree.findtext("size/width") or "nan"), float(tree.findtext("size/height") or "nan")
+    except ValueError:
+        return None, None
+    ok = math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0
+    return (width, height) if ok else (None, None)
+
+
+def _no_records(root: Path, split: str, n_ids: int, issues: Issues, img_dir: Path) -> DataError:
+    if not any(p.is_file() for p in img_dir.iterdir()):
+        return DataError(f"{img_dir} is empty: put the images there, named as in the annotations' <filename> "
+                         f"(or <image id>.jpg).")
+    why = "; ".join(f"{len(v)} {k} (e.g. {v[0]})" for k, v in issues.items.items()) or "the split lists no ids"
+    return DataError(f"no usable image in {root}, split '{split}' ({n_ids} ids listed): {why}. Fix the files named "
+                     f"or check that JPEGImages/, Annotations/ and ImageSets/Main/{split}.txt belong together.")
 
 
 class VOCDetection(DetectionDataset):
@@ -213,26 +267,26 @@ class VOCDetection(DetectionDataset):
         classes = list(classes) if classes is not None else _voc_class_names(ann_dir)
         index = {c: i for i, c in enumerate(classes)}
         issues, records = Issues(source), []
-        for image_id in split_file.read_text().split():
+        image_ids = _read_ids(split_file)
+        for image_id in image_ids:
             xml = ann_dir / f"{image_id}.xml"
             try:
                 tree = ET.parse(xml).getroot()
-            except (OSError, ET.ParseError) as e:
+            except (OSError, ValueError, ET.ParseError) as e:
                 issues.add("images with a missing or unreadable annotation", f"{xml.name} ({e})")
                 continue
-            image = img_dir / (tree.findtext("filename") or f"{image_id}.jpg").strip()
-            if not image.exists():
-                image = next(iter(sorted(img_dir.glob(f"{image_id}.*"))), image)
-            if not image.exists():
+            image = _find_image(img_dir, tree.findtext("filename"), image_id)
+            if not image.is_file():
                 issues.add("images with a missing image file", f"{xml.name} ({image.name})")
                 continue
-            width, height = tree.findtext("size/width"), tree.findtext("size/height")
-            width, height = (float(width), float(height)) if width and height and float(width) > 0 else (None, None)
+            width, height = _image_size(tree)
             boxes, labels = [], []
             for obj in tree.iter("object"):
                 name = (obj.findtext("name") or "").strip()
                 try:
                     raw = [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+                    if not all(map(math.isfinite, raw)):
+                        raise ValueError("not finite")
                 except (TypeError, ValueError):
                     issues.add("boxes without valid coordinates", f"{xml.name} ({name})")
                     continue
@@ -248,8 +302,11 @@ class VOCDetection(DetectionDataset):
                 labels.append(index[name])
             records.append(Record(image, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                                   torch.tensor(labels, dtype=torch.long)))
+        records, dropped = drop_unreadable(records, issues)
+        if not records:
+            raise _no_records(root, split, len(image_ids), issues, img_dir)
         issues.report()
-        super().__init__(records, classes, image_size, train, mosaic, source)
+        super().__init__(records, classes, image_size, train, mosaic, source, dropped)
 
 
 class CocoDetection(DetectionDataset):
@@ -301,5 +358,7 @@ class CocoDetection(DetectionDataset):
                 labels.append(index[name])
             records.append(Record(path, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                                   torch.tensor(labels, dtype=torch.long)))
+        records, dropped = drop_unreadable(records, issues)
         issues.report()
-        super().__init__(records, classes, image_size, train, mosaic, source)
+        super().__init__(records, classes, image_size, train, mosaic, source, dropped)
+

@@ -8,6 +8,7 @@ Two kinds per phase folder:
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, HintDistillError
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -30,10 +31,25 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if disk_full(e):
+            raise CheckpointError(
+                f"cannot write {path}: the disk is full ({os.strerror(errno.ENOSPC)}). Nothing was replaced: "
+                f"the previous {path.name}, if any, is intact. Free disk space (or move the run folder to another "
+                f"disk), then rerun the same command to resume from the last checkpoint.") from None
         raise
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """True if ``e`` or an exception it wraps is "no space" (torch.save turns the writer's OSError into a
+    RuntimeError about the zip position, keeping the OSError only as its context)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def safe_load(path: str | Path) -> dict:
@@ -44,8 +60,9 @@ def safe_load(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and unsupported-global errors all land here
+        first = (str(e).splitlines() or ["no message"])[0][:200]  # EOFError on an empty file has no message
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). It may be "
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {first}). It may be "
             f"truncated or not a hintdistill/PyTorch checkpoint: delete it to retrain, or point to another file."
         ) from None
     if not isinstance(obj, dict):
@@ -59,9 +76,12 @@ def save_model(model: nn.Module, spec: dict, path: str | Path, extra: dict | Non
 
 
 def load_state(model: nn.Module, state_dict: dict, source: str) -> None:
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"the weights in {source} are a {type(state_dict).__name__}, not a state_dict "
+                              f"(a mapping of parameter names to tensors): is it a hintdistill checkpoint?")
     try:
         unwrap(model).load_state_dict(state_dict)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError, ValueError, KeyError) as e:  # odd values in a foreign file
         # torch's first line is only "Error(s) in loading state_dict for X:"; the mismatches follow it
         detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise CheckpointError(
@@ -75,10 +95,20 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     from ..models import build_model
 
     ckpt = safe_load(path)
-    if "spec" not in ckpt:
-        raise CheckpointError(f"{path} has no model spec; pass a model.pt written by hintdistill")
-    spec = ckpt["spec"]
-    model = build_model(spec["name"], spec.get("args", {}))
+    spec = ckpt.get("spec")
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("args", {}), dict)):
+        raise CheckpointError(f"{path} has no valid model spec ({{'name': str, 'args': dict}}); pass a model.pt "
+                              f"written by hintdistill")
+    if "state_dict" not in ckpt and "student" not in ckpt:
+        raise CheckpointError(f"{path} holds no weights ('state_dict' or 'student'); pass a model.pt written by "
+                              f"hintdistill")
+    try:
+        model = build_model(spec["name"], spec.get("args", {}))
+    except HintDistillError as e:
+        raise CheckpointError(f"the model spec in {path} cannot be built: {e}") from None
+    except Exception as e:  # a spec from another version or a damaged file: the factory may fail any way
+        raise CheckpointError(f"the model spec in {path} ({spec['name']} with args {str(spec.get('args'))[:200]}) "
+                              f"cannot be built ({type(e).__name__}: {e}); was it written by another version?") from None
     load_state(model, ckpt["state_dict"] if "state_dict" in ckpt else ckpt["student"], str(path))
     return model, ckpt
 

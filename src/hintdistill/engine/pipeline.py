@@ -10,7 +10,9 @@ import torch
 import yaml
 
 from ..build import TaskData, build_data, instantiate, model_spec
+from ..checks import check_model_fits_data  # issue 12
 from ..config import Recipe
+from ..data.sanity import dropped_note  # issue 12
 from ..errors import ShapeError
 from ..metrics import count_params, cpu_latency_ms, gflops
 from ..taps import outputs_from
@@ -65,7 +67,9 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     data = build_data(recipe)
     rows = []
     # before any teacher trains: a student that cannot be built or predicts the wrong classes fails now
-    check_num_classes(instantiate(model_spec(recipe.student, data.model_defaults)), data, "student")
+    student = check_model_fits_data(instantiate(model_spec(recipe.student, data.model_defaults)), data, "student",
+                                    recipe.data.name)  # issue 12: channels and class counts
+    check_num_classes(student, data, "student")
 
     teachers = []
     for i, tcfg in enumerate(recipe.teachers):
@@ -73,6 +77,7 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         spec = model_spec(tcfg, data.model_defaults)
         seed_everything(recipe.seed + 1000 * (i + 1))
         model = instantiate(spec)
+        check_model_fits_data(model, data, name, recipe.data.name, student)  # issue 12
         check_num_classes(model, data, name)
         if tcfg.checkpoint:
             load_teacher_weights(model, tcfg.checkpoint)
@@ -162,4 +167,5 @@ def write_summary(summary: dict, run_dir: Path, data: TaskData) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     text = f"# {summary['recipe']}\n\nTest-set results ({data.kind}), device {summary['device']}.\n\n"
     text += markdown_table(summary["rows"], data) + "\n"
+    text += dropped_note(data.test_loader)  # issue 12: unreadable test images, counted
     (run_dir / "summary.md").write_text(text)

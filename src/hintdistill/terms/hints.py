@@ -12,6 +12,9 @@ u_h is the teacher's hint feature, v_g the student's guided feature, r the adapt
 When the spatial sizes differ and the adapter keeps the guided size, ``resize: interpolate`` resizes
 the adapted map bilinearly to the hint's size, ``resize: pool`` average-pools both to the smaller
 size; with ``resize: none`` a mismatch is an error that says which of these to pick.
+
+``tokens_to_map: true`` first reshapes a ViT's token map ``[B, 1 + H*W, C]`` (either side) to ``[B, C, H, W]``,
+dropping the class token (``adapters.tokens_to_map``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..adapters import build_adapter
+from ..adapters import build_adapter, tokens_to_map
 from ..errors import ShapeError
 from ..taps import Outputs, feature_key
 from .base import Term
@@ -58,7 +61,7 @@ class HintLoss(Term):
 
     def __init__(self, hint: str, guided: str, adapter: str = "conv1x1", distance: str = "l2",
                  resize: str = "none", reduction: str = "mean", adapter_activation: str = "none",
-                 teacher_index: int = 0):
+                 teacher_index: int = 0, tokens_to_map: bool = False):
         super().__init__()
         if distance not in DISTANCES:
             raise ShapeError(f"unknown distance '{distance}'; choose one of {', '.join(DISTANCES)}")
@@ -67,7 +70,7 @@ class HintLoss(Term):
         self.hint, self.guided = hint, guided
         self.adapter_kind, self.distance, self.resize = adapter, distance, resize
         self.reduction, self.adapter_activation = reduction, adapter_activation
-        self.teacher_index = teacher_index
+        self.teacher_index, self.tokens_to_map = teacher_index, tokens_to_map
         self.adapter: torch.nn.Module | None = None
 
     def student_taps(self) -> list[str]:
@@ -76,9 +79,16 @@ class HintLoss(Term):
     def teacher_taps(self) -> list[str]:
         return [self.hint]
 
-    def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
+    def features(self, student: Outputs, teachers: list[Outputs]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided, hint), token maps reshaped to [B, C, H, W] when ``tokens_to_map`` is set."""
         guided = student[feature_key(self.guided)]
         hint = teachers[self.teacher_index][feature_key(self.hint)]
+        if self.tokens_to_map:
+            return tokens_to_map(guided, self.guided), tokens_to_map(hint, self.hint)
+        return guided, hint
+
+    def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
+        guided, hint = self.features(student, teachers)
         self.adapter = build_adapter(self.adapter_kind, tuple(guided.shape), tuple(hint.shape),
                                      self.adapter_activation).to(guided.device)
         with torch.no_grad():
@@ -100,8 +110,9 @@ class HintLoss(Term):
 
     def forward(self, student: Outputs, teachers: list[Outputs], targets=None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        hint = teachers[self.teacher_index][feature_key(self.hint)].float()
-        adapted = self.adapt(student[feature_key(self.guided)].float(), hint.shape)
+        guided, hint = self.features(student, teachers)
+        hint = hint.float()
+        adapted = self.adapt(guided.float(), hint.shape)
         if adapted.dim() == 4 and adapted.shape[2:] != hint.shape[2:] and self.resize == "pool":
             size = (min(adapted.shape[2], hint.shape[2]), min(adapted.shape[3], hint.shape[3]))
             adapted, hint = F.adaptive_avg_pool2d(adapted, size), F.adaptive_avg_pool2d(hint, size)

@@ -52,9 +52,10 @@ import torch
 import yaml
 
 from hintdistill.build import build_data
-from hintdistill.config import ChenKDTerm, load_recipe, recipe_from_dict
+from hintdistill.config import load_recipe, recipe_from_dict
 from hintdistill.engine.checkpoint import load_model
 from hintdistill.engine.pipeline import run_recipe
+from hintdistill.terms.detection import ChenDetectionKD
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes/bccd_yolo_distill.yaml"
@@ -178,7 +179,7 @@ class Bench:
 
 def supported(row: str) -> str | None:
     """Why a row cannot run with this checkout's schema, or None."""
-    if row == "ablation/l2" and "regression" not in ChenKDTerm.model_fields:
+    if row == "ablation/l2" and "regression" not in ChenDetectionKD.Config.model_fields:
         return "chen_kd has no 'regression' field in config.py yet (ChenKDTerm.regression: bounded | l2)"
     return None
 

@@ -12,7 +12,7 @@ from . import config as C
 from .distiller import Linear
 from .errors import ConfigError
 from .models import build_model
-from .terms import CrossEntropy, HintLoss, SoftTargetKD, Term
+from .terms import Term, term_class, term_names
 
 
 def build_weight(w: C.Weight):
@@ -21,29 +21,13 @@ def build_weight(w: C.Weight):
 
 def build_term(cfg: Any, context: dict | None = None) -> Term:
     """One loss term from its recipe entry; ``context`` carries task facts (e.g. a detector's anchors)."""
-    if cfg.type == "ce":
-        return CrossEntropy(cfg.label_smoothing)
-    if cfg.type == "kd":
-        return SoftTargetKD(cfg.temperature)
-    if cfg.type == "hint":
-        return HintLoss(cfg.hint, cfg.guided, cfg.adapter, cfg.distance, cfg.resize, cfg.reduction,
-                        cfg.adapter_activation, cfg.teacher_index)
-    from .detection.build import build_detection_term  # detection terms need the detector's pieces
-
-    return build_detection_term(cfg, context or {})
+    return term_class(cfg.type).from_config(cfg, context or {})
 
 
 def build_terms(cfgs: list, context: dict | None = None) -> dict[str, tuple[Term, Any]]:
     """Named terms with their weights; a second term of the same type is named ``kd_1``, ``hint_1``..."""
-    out: dict[str, tuple[Term, Any]] = {}
-    for cfg in cfgs:
-        name = cfg.type
-        i = 1
-        while name in out:
-            name = f"{cfg.type}_{i}"
-            i += 1
-        out[name] = (build_term(cfg, context), build_weight(cfg.weight))
-    return out
+    names = term_names(cfg.type for cfg in cfgs)
+    return {name: (build_term(cfg, context), build_weight(cfg.weight)) for name, cfg in zip(names, cfgs, strict=True)}
 
 
 def model_spec(cfg: C.ModelConfig, defaults: dict) -> dict:

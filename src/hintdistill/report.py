@@ -89,21 +89,11 @@ def summary_table(summary: dict) -> str:
 def stages_table(recipe) -> str:
     rows = []
     for stage in recipe.distill:
-        terms = ", ".join(_term_text(t) for t in stage.terms)
+        terms = ", ".join(t.describe() for t in stage.terms)
         rows.append(f"<tr><td>{html.escape(stage.name)}</td><td>{stage.epochs}</td><td>{stage.trainable}</td>"
                     f"<td style='text-align:left'>{html.escape(terms)}</td></tr>")
     return ("<table><thead><tr><th>stage</th><th>epochs</th><th>trainable</th><th>terms (weight)</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
-
-
-def _term_text(term) -> str:
-    w = term.weight
-    weight = f"{w.start:g}→{w.end:g} over {w.epochs:g} epochs" if hasattr(w, "start") else f"{w:g}"
-    if term.type == "hint":
-        return f"hint {term.hint} ← {term.guided} via {term.adapter} ({weight})"
-    if term.type == "neck_hints":
-        return f"neck_hints {', '.join(f'{t}←{s}' for t, s in term.levels)} via {term.adapter} ({weight})"
-    return f"{term.type} ({weight})"
 
 
 def phase_histories(run_dir: Path) -> dict[str, list[dict]]:

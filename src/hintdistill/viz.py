@@ -26,9 +26,9 @@ from .errors import ConfigError
 from .figures import FeatureMaps, detection_figure, feature_figure, png_bytes
 from .run_folder import Example, Run, class_names, image_example
 from .taps import Taps, feature_key
-from .terms.hints import HintLoss, feature_distance
+from .terms import HintLoss, feature_distance, term_names
+from .terms.detection import NECK_LEVELS
 
-NECK_LEVELS = [("neck.p3", "neck.p3"), ("neck.p4", "neck.p4"), ("neck.p5", "neck.p5")]
 CONF_THRESH, IOU_THRESH = 0.25, 0.45
 LOW_CONF, TOP_WHEN_NONE = 0.001, 5
 
@@ -55,18 +55,10 @@ def recipe_pairs(recipe: Recipe | None, task: str) -> list[LayerPair]:
         return [LayerPair(t, s) for t, s in NECK_LEVELS] if task == "detection" else []
     pairs = []
     for si, stage in enumerate(recipe.distill):
-        seen: dict[str, int] = {}
-        for cfg in stage.terms:
-            # the term's name in the Distiller, as build_terms gives it: hint, hint_1, ...
-            k = seen.get(cfg.type, 0)
-            seen[cfg.type] = k + 1
-            name = cfg.type if k == 0 else f"{cfg.type}_{k}"
-            if cfg.type == "hint":
-                pairs.append(LayerPair(cfg.hint, cfg.guided, cfg.adapter, cfg.adapter_activation, cfg.resize,
-                                       cfg.teacher_index, si, f"{name}."))
-            elif cfg.type == "neck_hints":
-                pairs += [LayerPair(t, s, cfg.adapter, "none", "none", getattr(cfg, "teacher_index", 0), si,
-                                    f"{name}.hints.{i}.") for i, (t, s) in enumerate(cfg.levels)]
+        names = term_names(cfg.type for cfg in stage.terms)  # the terms' names in the Distiller
+        for name, cfg in zip(names, stage.terms, strict=True):
+            pairs += [LayerPair(p.hint, p.guided, p.adapter, p.activation, p.resize, p.teacher_index, si,
+                                f"{name}.{p.state_prefix}") for p in cfg.hint_pairs()]
     return pairs
 
 

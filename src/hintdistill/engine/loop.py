@@ -82,7 +82,7 @@ def set_trainable(student: nn.Module, stage: StageConfig, distiller: Distiller, 
     for p in student.parameters():
         p.requires_grad_(True)
     if stage.trainable == "up_to_guided":
-        guided = next(t.guided for t in stage.terms if t.type == "hint")
+        guided = next(t.guided_layer() for t in stage.terms if t.guided_layer())
         keep = set(modules_up_to(student, guided, example))
         for name, module in student.named_modules():
             if name and name not in keep:

@@ -8,6 +8,9 @@ A term is an ``nn.Module`` called as ``term(student, teachers, targets)``:
 
 It returns a scalar. A term that needs a trainable adaptation layer owns it and builds it in
 ``setup`` from the shapes of one dry-run batch, so the trainable set is the student plus the terms.
+
+A term usable in recipes declares its schema as a nested ``Config(TermConfig)`` and registers itself
+with ``@register_term("<type>")`` (``hintdistill.terms.registry``); ``from_config`` builds it.
 """
 
 from __future__ import annotations
@@ -18,12 +21,19 @@ import torch
 from torch import nn
 
 from ..taps import Outputs
+from .registry import TermConfig
 
 
 class Term(nn.Module):
     """Base class: declares taps, builds adapters from probed shapes, computes one scalar loss."""
 
     uses_teacher: bool = True
+    type_name: str = ""  # the recipe ``type``, set by ``register_term``
+
+    @classmethod
+    def from_config(cls, cfg: TermConfig, context: dict) -> Term:
+        """The term a recipe entry describes; ``context`` carries task facts (a detector's anchors, strides)."""
+        return cls(**cfg.term_args())
 
     def student_taps(self) -> list[str]:
         """Student modules (dotted names) whose outputs this term reads as ``feat:<name>``."""

@@ -99,6 +99,12 @@ class Distiller(nn.Module):
             self.student.train(was_training)
         self._ready = True
 
+    def remove_taps(self) -> None:
+        """Take the forward hooks off the student and the teachers (a finished stage leaves none behind)."""
+        self.student_taps.remove()
+        for taps in self.teacher_taps:
+            taps.remove()
+
     def set_epoch(self, epoch: float) -> None:
         """Progress in epochs (fractional allowed), for scheduled weights."""
         self.epoch = epoch

@@ -103,76 +103,84 @@ def phase_histories(run_dir: Path) -> dict[str, list[dict]]:
     return {p: read_metrics(run_dir / p / "metrics.jsonl") for p in phases}
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``RUN/report.html`` (and ``RUN/figures/*.png``) for a run folder; returns the page's path.
+class RunReport(Report):
+    """The report of one run folder: its sections, each built from what the folder holds."""
 
-    Never raises for a figure or section that cannot be built: the page lists what is missing and why.
-    """
-    from . import figures as fg
-    from . import run_folder, viz
+    def __init__(self, run_dir: Path):
+        super().__init__(run_dir)
+        self.title = run_dir.name
+        self.run = None
 
-    run_dir = Path(run_dir)
-    report = Report(run_dir)
-    title = run_dir.name
-    summary: dict = {}
-    run = None
-
-    def summary_section() -> None:
-        nonlocal summary, title
-        path = run_dir / "summary.json"
+    def summary_section(self) -> None:
+        path = self.run_dir / "summary.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the run has not finished")
         summary = json.loads(path.read_text())
-        title = summary.get("recipe", title)
-        report.add(f'<p class="meta">task {html.escape(str(summary.get("task")))}, device '
-                   f'{html.escape(str(summary.get("device")))}; test-set results.</p>{summary_table(summary)}')
+        self.title = summary.get("recipe", self.title)
+        self.add(f'<p class="meta">task {html.escape(str(summary.get("task")))}, device '
+                 f'{html.escape(str(summary.get("device")))}; test-set results.</p>{summary_table(summary)}')
 
-    def curves_section() -> None:
-        report.figure("curves", "Every loss term and test metric per epoch; dotted lines: the distilled phase's stages",
-                      lambda: fg.curves_figure(phase_histories(run_dir)))
+    def curves_section(self) -> None:
+        from . import figures as fg
 
-    def features_section() -> None:
-        nonlocal run
-        run = run_folder.Run(run_dir)
+        self.figure("curves", "Every loss term and test metric per epoch; dotted lines: the distilled phase's stages",
+                    lambda: fg.curves_figure(phase_histories(self.run_dir)))
+
+    def features_section(self) -> None:
+        from . import figures as fg
+        from . import run_folder, viz
+
+        run = self.run = run_folder.Run(self.run_dir)
         pairs = viz.recipe_pairs(run.recipe, run.task)
         if not pairs:
-            report.add("<p>The recipe has no hint terms; `hintdistill viz RUN --image PATH --layers hint=guided` draws "
-                       "any pair of layers.</p>")
+            self.add("<p>The recipe has no hint terms; `hintdistill viz RUN --image PATH --layers hint=guided` draws "
+                     "any pair of layers.</p>")
             return
         example = run_folder.first_test_example(run)
         with warnings.catch_warnings():  # an untrained adapter is said in the figure's caption instead
             warnings.simplefilter("ignore", UserWarning)
             maps = viz.feature_maps(run, example, pairs)
         for i, m in enumerate(maps):
-            report.figure(f"features_{i}_{viz.safe_name(m.hint_name)}__{viz.safe_name(m.guided_name)}",
-                          f"First test image: teacher hint {m.hint_name}, distilled student's guided {m.guided_name} "
-                          f"and its adapted map" + (f" — {'; '.join(m.notes)}" if m.notes else ""),
-                          lambda m=m: fg.feature_figure(example.image, m, "first test image"))
+            self.figure(f"features_{i}_{viz.safe_name(m.hint_name)}__{viz.safe_name(m.guided_name)}",
+                        f"First test image: teacher hint {m.hint_name}, distilled student's guided {m.guided_name} "
+                        f"and its adapted map" + (f" — {'; '.join(m.notes)}" if m.notes else ""),
+                        lambda m=m: fg.feature_figure(example.image, m, "first test image"))
         if run.task == "detection":
             names = example.class_names or run_folder.class_names(run.recipe, 0)
-            report.figure("detections", "First test image: ground truth, teacher, baseline and distilled boxes",
-                          lambda: fg.detection_figure(example.image, viz.detection_panels(run, example), names,
-                                                      viz.CONF_THRESH))
+            self.figure("detections", "First test image: ground truth, teacher, baseline and distilled boxes",
+                        lambda: fg.detection_figure(example.image, viz.detection_panels(run, example), names,
+                                                    viz.CONF_THRESH))
 
-    def recipe_section() -> None:
-        recipe_file = run_dir / "recipe.yaml"
-        if run is not None and run.recipe is not None:
-            report.add(stages_table(run.recipe))
-        report.add(f"<pre>{html.escape(recipe_file.read_text())}</pre>")
+    def recipe_section(self) -> None:
+        if self.run is not None and self.run.recipe is not None:
+            self.add(stages_table(self.run.recipe))
+        self.add(f"<pre>{html.escape((self.run_dir / 'recipe.yaml').read_text())}</pre>")
 
-    report.section("Results", summary_section)
-    report.section("Training curves", curves_section)
-    report.section("Feature maps and detections", features_section)
-    report.section("Distillation stages and recipe", recipe_section)
-    problems = ""
-    if report.problems:  # at the top, so a missing figure is never mistaken for a quiet success
-        items = "".join(f"<li>{html.escape(p)}</li>" for p in report.problems)
-        problems = f'<h2>Problems</h2><ul class="problem" id="problems">{items}</ul>'
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} report</title>'
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<p class="meta">hintdistill run report, {html.escape(str(run_dir))}, written {when}</p>{problems}'
-            + "\n".join(report.parts) + "</body></html>\n")
+    def page(self) -> str:
+        """The whole page; problems at the top, so a missing figure is never mistaken for a quiet success."""
+        problems = ""
+        if self.problems:
+            items = "".join(f"<li>{html.escape(p)}</li>" for p in self.problems)
+            problems = f'<h2>Problems</h2><ul class="problem" id="problems">{items}</ul>'
+        when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        title = html.escape(self.title)
+        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title} report</title>'
+                f"<style>{CSS}</style></head><body><h1>{title}</h1>"
+                f'<p class="meta">hintdistill run report, {html.escape(str(self.run_dir))}, written {when}</p>{problems}'
+                + "\n".join(self.parts) + "</body></html>\n")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``RUN/report.html`` (and ``RUN/figures/*.png``) for a run folder; returns the page's path.
+
+    Never raises for a figure or section that cannot be built: the page lists what is missing and why.
+    """
+    run_dir = Path(run_dir)
+    report = RunReport(run_dir)
+    report.section("Results", report.summary_section)
+    report.section("Training curves", report.curves_section)
+    report.section("Feature maps and detections", report.features_section)
+    report.section("Distillation stages and recipe", report.recipe_section)
     path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(report.page(), encoding="utf-8")
     return path

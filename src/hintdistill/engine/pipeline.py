@@ -16,7 +16,8 @@ from ..metrics import count_params, cpu_latency_ms, gflops
 from ..taps import outputs_from
 from .checkpoint import load_state, safe_load
 from .distributed import Dist, barrier, cleanup, init_distributed
-from .loop import Phase, as_stage, train_phase
+from .loop import Phase, as_stage
+from .stage import PhaseTrainer
 
 
 def seed_everything(seed: int) -> None:
@@ -81,8 +82,8 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
             if d.main:
                 log(f"[{name}] loaded {tcfg.checkpoint}")
         else:
-            result = train_phase(Phase(name, model, spec, [as_stage(tcfg.train, "train")]), data, run_dir,
-                                 device, d, recipe.seed + i, recipe.amp, log)
+            result = PhaseTrainer(Phase(name, model, spec, [as_stage(tcfg.train, "train")]), data, run_dir,
+                                  device, d, recipe.seed + i, recipe.amp, log).train()
         teachers.append(model)
         rows.append(summary_row(name, model, spec, result, data, recipe))
     barrier(d)
@@ -91,14 +92,14 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     if recipe.baseline is not None:
         seed_everything(recipe.seed)  # the baseline and distilled students start from the same weights
         baseline = instantiate(student_spec)
-        result = train_phase(Phase("baseline", baseline, student_spec, [as_stage(recipe.baseline, "train")]), data,
-                             run_dir, device, d, recipe.seed, recipe.amp, log)
+        result = PhaseTrainer(Phase("baseline", baseline, student_spec, [as_stage(recipe.baseline, "train")]),
+                              data, run_dir, device, d, recipe.seed, recipe.amp, log).train()
         rows.append(summary_row("baseline", baseline, student_spec, result, data, recipe))
 
     seed_everything(recipe.seed)
     student = instantiate(student_spec)
-    result = train_phase(Phase("distilled", student, student_spec, recipe.distill, teachers), data, run_dir,
-                         device, d, recipe.seed, recipe.amp, log)
+    result = PhaseTrainer(Phase("distilled", student, student_spec, recipe.distill, teachers), data, run_dir,
+                          device, d, recipe.seed, recipe.amp, log).train()
     rows.append(summary_row("distilled", student, student_spec, result, data, recipe))
 
     summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device), "rows": rows}

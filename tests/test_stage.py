@@ -2,9 +2,9 @@
 
 import torch
 
-from hintdistill.build import TaskData
 from hintdistill.config import StageConfig
 from hintdistill.data.classification import TensorLoader
+from hintdistill.data.task import TaskData
 from hintdistill.engine.distributed import Dist
 from hintdistill.engine.loop import Phase
 from hintdistill.engine.stage import PhaseTrainer

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from . import config as C
+from .data.classification import CLASS_NAMES, STATS, TensorLoader, image_folder_loader, load_tensors
+from .data.task import TaskData
+from .detection.build import build_detection_data
 from .distiller import Linear
 from .errors import ConfigError
 from .models import build_model
@@ -42,37 +43,8 @@ def instantiate(spec: dict) -> nn.Module:
         raise ConfigError(f"model '{spec['name']}' cannot be built with args {spec['args']}: {e}") from e
 
 
-@dataclass
-class TaskData:
-    """What the engine needs of a task's data, independent of classification or detection."""
-
-    kind: str
-    train_loader: Any  # callable(batch_size, augment, seed, rank, world) -> iterable with set_epoch
-    test_loader: Any
-    num_classes: int
-    input_shape: tuple[int, ...]
-    class_names: list[str] = field(default_factory=list)
-    primary_metric: str = "accuracy"
-    model_defaults: dict = field(default_factory=dict)
-    context: dict = field(default_factory=dict)
-
-    def example_batch(self, n: int = 8):
-        loader = self.train_loader(n, [], 0, 0, 1)
-        return next(iter(loader))
-
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        if self.kind == "classification":
-            from .metrics import evaluate_classifier
-
-            return evaluate_classifier(model, self.test_loader, device)
-        from .detection.evaluate import evaluate_detector
-
-        return evaluate_detector(model, self.test_loader, device)
-
-
 def build_classification_data(recipe: C.Recipe) -> TaskData:
-    from .data.classification import STATS, TensorLoader, image_folder_loader, load_tensors
-
+    """Loaders and facts of a classification recipe's data (Fashion-MNIST, CIFAR..., an image folder)."""
     d = recipe.data
     if d.name == "image_folder":
         if not d.data_dir:
@@ -106,8 +78,6 @@ def build_classification_data(recipe: C.Recipe) -> TaskData:
         return TensorLoader(x_train, y_train, bs, mean, std, shuffle=True, augment=list(augment), seed=seed,
                             rank=rank, world=world)
 
-    from .data.classification import CLASS_NAMES
-
     shape = tuple(x_train.shape[1:])
     defaults = {"num_classes": num_classes}
     return TaskData("classification", train_loader, test, num_classes, shape, CLASS_NAMES.get(d.name, []),
@@ -115,8 +85,7 @@ def build_classification_data(recipe: C.Recipe) -> TaskData:
 
 
 def build_data(recipe: C.Recipe) -> TaskData:
+    """The recipe's data as the engine takes it, whatever the task."""
     if recipe.task == "classification":
         return build_classification_data(recipe)
-    from .detection.build import build_detection_data
-
     return build_detection_data(recipe)

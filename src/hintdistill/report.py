@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import run_folder
 from .engine.logging import read_metrics
 
 CSS = """
@@ -75,10 +76,53 @@ class Report:
             self.problem(f"section '{title}'", e)
 
 
+# The summary's columns and formats, shared by summary.md, the console and report.html.
+COLUMNS = {
+    "classification": [("model", "model"), ("arch", "architecture"), ("accuracy", "test acc"),
+                       ("errors", "test errors"), ("params", "params"), ("gflops", "GFLOPs"),
+                       ("cpu_ms_per_image", "CPU ms/img"), ("train_s", "train time")],
+    "detection": [("model", "model"), ("arch", "architecture"), ("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]"),
+                  ("params", "params"), ("gflops", "GFLOPs"), ("cpu_ms_per_image", "CPU ms/img"),
+                  ("train_s", "train time")],
+}
+
+
+def fmt(key: str, v) -> str:
+    """One summary value as the tables show it."""
+    if v is None:
+        return "-"
+    if key == "params":
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}K"
+    if key == "train_s":
+        return f"{v / 60:.1f} min" if v >= 60 else f"{v:.1f} s"
+    if key in ("accuracy", "map50", "map"):
+        return f"{100 * v:.2f}%" if key == "accuracy" else f"{v:.4f}"
+    if key == "gflops":
+        return f"{v:.3f}"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], kind: str) -> str:
+    """The summary rows as the Markdown table of ``summary.md`` and the console."""
+    cols = COLUMNS[kind]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(k, r.get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict, run_dir: Path, kind: str) -> None:
+    """``summary.json`` and ``summary.md`` of a finished run."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = f"# {summary['recipe']}\n\nTest-set results ({kind}), device {summary['device']}.\n\n"
+    text += markdown_table(summary["rows"], kind) + "\n"
+    (run_dir / "summary.md").write_text(text)
+
+
 def summary_table(summary: dict) -> str:
     """The run's summary rows as an HTML table, with the columns and formats of ``summary.md``."""
-    from .engine.pipeline import COLUMNS, fmt
-
     cols = COLUMNS.get(summary.get("task", "classification"), COLUMNS["classification"])
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(k, r.get(k)))}</td>" for k, _ in cols) + "</tr>"
@@ -128,7 +172,7 @@ class RunReport(Report):
 
     def features_section(self) -> None:
         from . import figures as fg
-        from . import run_folder, viz
+        from . import viz  # matplotlib, like figures
 
         run = self.run = run_folder.Run(self.run_dir)
         pairs = viz.recipe_pairs(run.recipe, run.task)

@@ -15,8 +15,8 @@ import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..build import TaskData
 from ..config import Recipe
+from ..data.task import TaskData
 from ..data.voc import CocoDetection, DetectionDataset, VOCDetection, detection_collate
 from ..errors import ConfigError, DataError
 from .anchors import kmeans_anchors

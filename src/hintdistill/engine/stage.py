@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..build import TaskData, build_terms
+from ..build import build_terms
 from ..config import StageConfig
+from ..data.task import TaskData
 from ..distiller import Distiller
 from ..errors import ConfigError, TrainingDiverged
 from .checkpoint import atomic_save, load_state, safe_load, save_model

@@ -28,24 +28,13 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
 
 
 def available() -> list[str]:
-    _load_builtin()
+    """Every registered model name (``hintdistill.models`` imports the families, which register themselves)."""
     return sorted(_REGISTRY) + ["torchvision:<name>"]
-
-
-def _load_builtin() -> None:
-    # Imported lazily so ``registry`` itself has no import cycles with the model files.
-    from . import classification  # noqa: F401
-
-    try:
-        from . import yolo  # noqa: F401
-    except ImportError:  # the detection family is optional while it is being built
-        pass
 
 
 def build_model(name: str, args: dict[str, Any] | None = None) -> nn.Module:
     """Build a registered model, or any torchvision classification model as ``torchvision:<name>``."""
     args = dict(args or {})
-    _load_builtin()
     if name.startswith("torchvision:"):
         import torchvision
 

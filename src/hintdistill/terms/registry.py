@@ -15,15 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import create_model
 
 from ..errors import ConfigError
 from ..schema import Strict, Weight
 
-if TYPE_CHECKING:
-    from .base import Term
+TermClass = TypeVar("TermClass", bound=type)  # a Term subclass (base.py imports this module, not the reverse)
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,14 @@ class TermConfig(Strict):
         return None
 
 
-_TERMS: dict[str, type[Term]] = {}
+_TERMS: dict[str, type] = {}
 _ON_REGISTER: list[Callable[[], None]] = []  # e.g. config rebuilding the recipe schema for a term added later
 
 
-def register_term(name: str) -> Callable[[type[Term]], type[Term]]:
+def register_term(name: str) -> Callable[[TermClass], TermClass]:
     """Class decorator: make a Term usable in recipes as ``type: <name>`` with its nested ``Config`` schema."""
 
-    def deco(cls: type[Term]) -> type[Term]:
+    def deco(cls: TermClass) -> TermClass:
         base = getattr(cls, "Config", None)
         if base is None or not issubclass(base, TermConfig):
             raise TypeError(f"term '{name}' ({cls.__name__}) needs a nested `class Config(TermConfig)` schema")
@@ -94,7 +93,7 @@ def register_term(name: str) -> Callable[[type[Term]], type[Term]]:
     return deco
 
 
-def registered() -> dict[str, type[Term]]:
+def registered() -> dict[str, type]:
     """Every registered term class by its type name, in registration order (``hintdistill.terms`` imports
     the built-in term files first)."""
     return dict(_TERMS)
@@ -105,7 +104,7 @@ def on_register(listener: Callable[[], None]) -> None:
     _ON_REGISTER.append(listener)
 
 
-def term_class(name: str) -> type[Term]:
+def term_class(name: str) -> type:
     """The term class registered as ``name``; an unknown name lists the known ones."""
     known = registered()
     if name not in known:

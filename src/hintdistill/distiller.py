@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import HintDistillError
 from .taps import Outputs, Taps
-from .terms.base import Term
+from .terms.base import Term, loss_and_parts
 
 
 @dataclass
@@ -131,7 +131,8 @@ class Distiller(nn.Module):
 
     def forward(self, inputs: Any, targets: Any = None,
                 teacher_outputs: list[Outputs] | None = None) -> tuple[Outputs, dict[str, torch.Tensor]]:
-        """Return the student's Outputs and the named losses; ``losses['loss']`` is the weighted sum.
+        """Return the student's Outputs and the named losses; ``losses['loss']`` is the weighted sum, and a
+        term's named parts appear as ``<term>.<part>`` (detached, for the logs).
 
         ``teacher_outputs`` may be passed in (from a cache) to skip the teachers' forward.
         """
@@ -147,8 +148,9 @@ class Distiller(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         total = None
         for name, term in self.terms.items():
-            value = term(student_out, teacher_outputs, targets)
+            value, parts = loss_and_parts(term, term(student_out, teacher_outputs, targets))
             losses[name] = value.detach()
+            losses.update({f"{name}.{part}": v.detach() for part, v in parts.items()})  # logged, not summed
             weighted = self.weight(name) * value
             total = weighted if total is None else total + weighted
         losses["loss"] = total

@@ -157,6 +157,7 @@ class ChenDetectionKD(Term):
         self.strides = [float(s) for s in strides]
         self.mu, self.temperature, self.background_weight = mu, temperature, background_weight
         self.margin, self.nu, self.anchor_t, self.teacher_index = margin, nu, anchor_t, teacher_index
+        self.last: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg: TermConfig, context: dict) -> ChenDetectionKD:
@@ -204,8 +205,9 @@ class ChenDetectionKD(Term):
 
     def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> torch.Tensor:
         s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
-        return ((1 - self.mu) * self.soft_loss(s_maps, t_maps)
-                + self.nu * self.bounded_regression(s_maps, t_maps, targets))
+        soft, bounded = self.soft_loss(s_maps, t_maps), self.bounded_regression(s_maps, t_maps, targets)
+        self.last = {"soft": soft.detach(), "bounded": bounded.detach()}  # logged as chen_kd.soft / .bounded
+        return (1 - self.mu) * soft + self.nu * bounded
 
 
 def imitation_mask(boxes: Sequence[torch.Tensor], anchors: torch.Tensor, stride: float, grid: tuple[int, int],

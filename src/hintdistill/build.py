@@ -10,14 +10,14 @@ from . import config as C
 from .data.classification import CLASS_NAMES, STATS, TensorLoader, image_folder_loader, load_tensors
 from .data.task import TaskData
 from .detection.build import build_detection_data
-from .distiller import Linear
 from .errors import ConfigError
 from .models import build_model
 from .terms import Term, term_class, term_names
 
 
-def build_weight(w: C.Weight):
-    return Linear(w.start, w.end, w.epochs) if isinstance(w, C.LinearWeight) else float(w)
+def build_weight(w: C.Weight) -> C.Weight:
+    """A recipe weight as the Distiller takes it: a float, or the LinearRamp schedule itself."""
+    return w if isinstance(w, C.LinearRamp) else float(w)
 
 
 def build_term(cfg: Any, context: dict | None = None) -> Term:

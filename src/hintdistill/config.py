@@ -13,11 +13,11 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from .errors import ConfigError
-from .schema import LinearWeight, Strict, Weight
+from .schema import LinearRamp, Strict, Weight
 from .terms import registered
 from .terms.registry import on_register
 
-__all__ = ["LinearWeight", "Strict", "Weight", "AnyTerm", "Recipe", "StageConfig", "TrainConfig",
+__all__ = ["LinearRamp", "Strict", "Weight", "AnyTerm", "Recipe", "StageConfig", "TrainConfig",
            "load_recipe", "recipe_from_dict"]
 
 

@@ -13,33 +13,17 @@ nor their batch-norm statistics change, whatever the loop around them does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import HintDistillError
+from .schema import LinearRamp
 from .taps import Outputs, Taps
 from .terms.base import Term, loss_and_parts
 
-
-@dataclass
-class Linear:
-    """A weight annealed linearly from ``start`` to ``end`` over ``epochs`` (FitNets: 4 → 1), then held."""
-
-    start: float
-    end: float
-    epochs: float
-
-    def __call__(self, epoch: float) -> float:
-        if self.epochs <= 0:
-            return self.end
-        frac = min(max(epoch / self.epochs, 0.0), 1.0)
-        return self.start + (self.end - self.start) * frac
-
-
-Weight = float | Linear
+Weight = float | LinearRamp  # a constant, or a schedule called with the (fractional) epoch
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -6,7 +6,10 @@ Kept apart from ``config`` so a term file can declare its own schema without imp
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, with_config
 
 
 class Strict(BaseModel):
@@ -15,12 +18,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LinearWeight(Strict):
-    """A weight annealed linearly from ``start`` to ``end`` over the stage's first ``epochs``."""
+@with_config(ConfigDict(extra="forbid"))
+@dataclass
+class LinearRamp:
+    """A term weight ramped linearly from ``start`` to ``end`` over ``epochs`` (FitNets: 4 → 1), then held.
+
+    In a recipe: ``weight: {start: 4, end: 1, epochs: 10}`` (``epochs`` > 0 there)."""
 
     start: float
     end: float
-    epochs: float = Field(gt=0)
+    epochs: Annotated[float, Field(gt=0)]
+
+    def __call__(self, epoch: float) -> float:
+        if self.epochs <= 0:
+            return self.end
+        frac = min(max(epoch / self.epochs, 0.0), 1.0)
+        return self.start + (self.end - self.start) * frac
 
 
-Weight = float | LinearWeight
+Weight = float | LinearRamp

@@ -24,6 +24,8 @@ Rows (test split, 72 images), all built from recipes/bccd_yolo_distill.yaml:
 - ``baseline``: YOLO-n, detection loss alone;
 - ``kd``: + Chen et al.'s output distillation (``chen_kd``: soft class CE with w_bg = 1.5, teacher-bounded
   regression, ν = 0.5); ``kd_hint``: + neck hints through 1x1 adaptation layers, γ = 0.5;
+- ``pkd``: detection loss + Pearson-correlation feature KD on the neck levels (Cao et al. 2022: per-channel
+  standardised maps, ½·MSE summed over P3-P5, weight 6; 1x1 adapters since m and n differ in channels);
 - ``ablation/cls`` vs ``ablation/cls_w``: soft CE with w_bg = 1.0 vs 1.5 (no regression term, ν = 0);
 - ``ablation/l2`` vs ``ablation/l2_b``: soft CE (w_bg 1.5) + unbounded ‖R_s − R_t‖² vs teacher-bounded L_b
   (``l2_b`` is the ``kd`` configuration, so it reuses those runs);
@@ -65,12 +67,14 @@ HINT_TEACHER_ARGS = {"size": "l", "width": 0.25}  # neck channels equal to yolo 
 DET = {"type": "detection"}
 CHEN = {"type": "chen_kd", "mu": 0.5, "temperature": 1.0, "background_weight": 1.5, "margin": 0.0, "nu": 0.5}
 HINTS = {"type": "neck_hints", "weight": 0.5, "adapter": "conv1x1", "distance": "l2"}
+PKD = {"type": "pkd", "weight": 6.0}  # levels: the YOLO neck's P3-P5 (the term's default)
 
 # row -> (teacher, terms); identical configurations share runs (see ALIASES)
 STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "baseline": ("teacher", [DET]),
     "kd": ("teacher", [DET, CHEN]),
     "kd_hint": ("teacher", [DET, CHEN, HINTS]),
+    "pkd": ("teacher", [DET, PKD]),
     "ablation/cls": ("teacher", [DET, dict(CHEN, background_weight=1.0, nu=0.0)]),
     "ablation/cls_w": ("teacher", [DET, dict(CHEN, nu=0.0)]),
     "ablation/l2": ("teacher", [DET, dict(CHEN, regression="l2")]),
@@ -220,7 +224,7 @@ def markdown(results: list[dict]) -> str:
               for r in results]
     by = {r["name"]: r for r in results}
     t, b = by.get("teacher"), by.get("baseline")
-    for row in ("kd", "kd_hint"):
+    for row in ("kd", "kd_hint", "pkd"):
         s = by.get(row)
         if t and b and s and t["map50_mean"] != b["map50_mean"]:
             closed = (s["map50_mean"] - b["map50_mean"]) / (t["map50_mean"] - b["map50_mean"])

@@ -28,7 +28,7 @@ def build_term(cfg: Any, context: dict | None = None) -> Term:
 def build_terms(cfgs: list, context: dict | None = None) -> dict[str, tuple[Term, Any]]:
     """Named terms with their weights; a second term of the same type is named ``kd_1``, ``hint_1``..."""
     names = term_names(cfg.type for cfg in cfgs)
-    return {name: (build_term(cfg, context), build_weight(cfg.weight)) for name, cfg in zip(names, cfgs, strict=True)}
+    return {name: (build_term(cfg, context), build_weight(cfg.schedule())) for name, cfg in zip(names, cfgs, strict=True)}
 
 
 def model_spec(cfg: C.ModelConfig, defaults: dict) -> dict:

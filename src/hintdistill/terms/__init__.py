@@ -7,6 +7,10 @@ from .registry import HintPair, TermConfig, register_term, registered, term_clas
 from .logits import CrossEntropy, SoftTargetKD, kd_loss, soft_targets
 from .hints import HintLoss, feature_distance
 from . import detection  # noqa: F401  (the detection terms and YoloLoss register themselves)
+from .attention import AttentionTransfer
+from .decoupled import DecoupledKD
+from .pearson import PearsonKD
 
 __all__ = ["Term", "TermConfig", "HintPair", "register_term", "registered", "term_class", "term_names",
-           "CrossEntropy", "SoftTargetKD", "HintLoss", "kd_loss", "soft_targets", "feature_distance"]
+           "CrossEntropy", "SoftTargetKD", "HintLoss", "kd_loss", "soft_targets", "feature_distance",
+           "AttentionTransfer", "DecoupledKD", "PearsonKD"]

@@ -56,9 +56,13 @@ class TermConfig(Strict):
         """The fields a term's constructor takes (all but ``type`` and ``weight``)."""
         return {k: getattr(self, k) for k in type(self).model_fields if k not in ("type", "weight")}
 
+    def schedule(self) -> Weight:
+        """The weight the Distiller applies (a term may turn its own warm-up into a ``LinearRamp``)."""
+        return self.weight
+
     def describe(self) -> str:
         """One line for the report's stages table."""
-        return f"{self.type} ({weight_text(self.weight)})"
+        return f"{self.type} ({weight_text(self.schedule())})"
 
     def hint_pairs(self) -> list[HintPair]:
         """The (hint, guided) layer pairs this term compares through adapters; none by default."""

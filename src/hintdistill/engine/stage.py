@@ -109,6 +109,7 @@ class Stage:
         self.first_epoch = first_epoch  # epochs of the phase's earlier stages
         self.label = f"{trainer.phase.name}/{cfg.name}"
         self.start_epoch = 0
+        self.distiller: Distiller | None = None
 
     def _resumed_state(self) -> dict | None:
         state = self.trainer.state
@@ -143,16 +144,16 @@ class Stage:
         self.trainer.say(f"[{self.label}] resuming from {self.trainer.ckpt_path} at epoch {self.start_epoch}")
 
     def train(self) -> None:
-        """build, resume, run every remaining epoch (evaluate, log, checkpoint), close."""
-        self.build()
-        self.resume()
+        """build, resume, run every remaining epoch (evaluate, log, checkpoint), close (even after an error)."""
         t = self.trainer
-        self.model: nn.Module = self.distiller
-        if t.d.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.distiller, device_ids=[t.device.index] if t.device.type == "cuda" else None,
-                find_unused_parameters=True)
         try:
+            self.build()
+            self.resume()
+            self.model: nn.Module = self.distiller
+            if t.d.enabled:
+                self.model = nn.parallel.DistributedDataParallel(
+                    self.distiller, device_ids=[t.device.index] if t.device.type == "cuda" else None,
+                    find_unused_parameters=True)
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 means, train_s = self.run_epoch(epoch)
                 t.elapsed += train_s
@@ -245,6 +246,7 @@ class Stage:
 
     def close(self) -> None:
         """Remove the stage's forward hooks and make the whole student trainable again."""
-        self.distiller.remove_taps()
+        if self.distiller is not None:
+            self.distiller.remove_taps()
         for p in self.student.parameters():
             p.requires_grad_(True)

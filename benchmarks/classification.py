@@ -4,7 +4,13 @@
 
 - ``mlp``: recipes/fashion_mnist_kd.yaml (Hinton's 2x1200 teacher with dropout + jitter, 2x800 student).
 - ``cnn``: recipes/fashion_mnist_fitnets.yaml (wide CNN teacher, thin deeper CNN student); rows kd
-  (its KD stage alone) and hint_kd (FitNets: hint stage, then the same KD stage).
+  (its KD stage alone) and hint_kd (FitNets: hint stage, then the same KD stage), and, on the KD stage's
+  schedule with other terms: at (CE + attention transfer on the three stage outputs, Zagoruyko &
+  Komodakis 2017), dkd (CE + decoupled KD, alpha 1, beta 8, T 4, Zhao et al. 2022; its weight warmed up
+  over the first epoch: the paper's 20 of 240 epochs scaled to these 10) and at_kd (CE + the KD stage's
+  KD + attention transfer, the paper's AT+KD).
+
+``--list`` prints every row's stages and terms (recipes validated, nothing trained).
 
 The teacher is trained once (first seed) and loaded for the other seeds; baseline and distilled
 students use the same epochs, optimizer and initial weights for a given seed. Every run goes through
@@ -32,13 +38,36 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {"mlp": "recipes/fashion_mnist_kd.yaml", "cnn": "recipes/fashion_mnist_fitnets.yaml"}
 
 
+# attention transfer on the outputs of the cnn pair's three stages (same spatial sizes in teacher and student)
+AT = {"type": "at", "pairs": [[f"features.stage{i}", f"features.stage{i}"] for i in (1, 2, 3)]}
+DKD = {"type": "dkd", "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 1}
+
+
+def with_terms(tree: dict, name: str, terms: list[dict]) -> dict:
+    """``tree`` (one KD stage) with the stage's name and terms replaced; the schedule and optimizer stay."""
+    stage = dict(tree["distill"][0], name=name, terms=terms)
+    return dict(tree, distill=[stage])
+
+
 def variants(pair: str, base: dict) -> dict[str, dict]:
     """Recipe trees per distilled row (the baseline comes with the first variant)."""
     if pair == "mlp":
         return {"kd": base}
     kd_only = dict(base, distill=[s for s in base["distill"] if s.get("trainable", "all") == "all"
                                   and not any(t["type"] == "hint" for t in s["terms"])])
-    return {"kd": kd_only, "hint_kd": base}
+    ce, kd = kd_only["distill"][0]["terms"]
+    return {"kd": kd_only, "hint_kd": base, "at": with_terms(kd_only, "at", [ce, AT]),
+            "dkd": with_terms(kd_only, "dkd", [ce, DKD]), "at_kd": with_terms(kd_only, "at_kd", [ce, kd, AT])}
+
+
+def list_rows(pairs: list[str]) -> None:
+    """Every row's stages and terms, each recipe validated; nothing is trained."""
+    for pair in pairs:
+        for row, tree in variants(pair, yaml.safe_load((ROOT / PAIRS[pair]).read_text())).items():
+            recipe = recipe_from_dict(json.loads(json.dumps(tree)))
+            stages = "; ".join(f"{s.name} ({s.epochs} ep): {', '.join(t.describe() for t in s.terms)}"
+                               for s in recipe.distill)
+            print(f"{pair}/{row}: {stages}")
 
 
 def run_pair(pair: str, seeds: list[int], out: Path) -> dict[str, list[dict]]:
@@ -101,7 +130,7 @@ def markdown(results: list[dict]) -> str:
     by = {r["name"]: r for r in results}
     for pair in sorted({r["name"].split("/")[0] for r in results}):
         t, b = by.get(f"{pair}/teacher"), by.get(f"{pair}/baseline")
-        for row in ("kd", "hint_kd"):
+        for row in ("kd", "hint_kd", "at", "dkd", "at_kd"):
             s = by.get(f"{pair}/{row}")
             if not (t and b and s):
                 continue
@@ -122,8 +151,12 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default=str(ROOT / "benchmarks/runs"))
     p.add_argument("--table-only", action="store_true", help="print the table of the saved results; train nothing")
+    p.add_argument("--list", action="store_true", help="print every row's stages and terms; train nothing")
     a = p.parse_args()
     dest = ROOT / "benchmarks/results/classification.json"
+    if a.list:
+        list_rows(a.pairs)
+        return 0
     if a.table_only:
         print(markdown(json.loads(dest.read_text())))
         return 0

@@ -15,6 +15,8 @@ Rows (test split of each data set), every student built from its recipe's distil
 - ``chen_kd``: Chen et al. 2017 in one-stage form (hard loss with mu, weighted soft class CE with w_bg = 1.5,
   teacher-bounded regression in the box loss's units, nu = 0.5); ``chen_kd_hints``: + neck hints through 1x1
   adaptation layers, gamma = 0.5; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD;
+- ``pkd``: detection loss + Pearson-correlation feature KD on the neck levels (Cao et al. 2022: per-channel
+  standardised maps, ½·MSE summed over P3-P5, weight 6; 1x1 adapters where teacher and student channels differ);
 - ablations after Chen et al.'s Table 4 (``--rows ablation/...``, BCCD's hint teacher for the hint pair):
   ``ablation/cls`` vs ``ablation/cls_w`` (soft CE with w_bg 1.0 vs 1.5, no regression term),
   ``ablation/l2`` vs ``ablation/l2_b`` (unbounded L2 to the teacher vs the paper's teacher-bounded L2 on the
@@ -56,6 +58,7 @@ DET = {"type": "detection"}
 CHEN = {"type": "chen_kd", "mu": 0.5, "temperature": 1.0, "background_weight": 1.5, "margin": 0.0, "nu": 0.5}
 HINTS = {"type": "neck_hints", "weight": 0.5, "adapter": "conv1x1", "distance": "l2"}
 OKD = {"type": "objectness_kd", "lambda_d": 1.0, "fm_nms": True}
+PKD = {"type": "pkd", "weight": 6.0}  # levels: the YOLO neck's P3-P5 (the term's default)
 
 # row -> (teacher, terms); identical configurations share runs (see ALIASES)
 STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
@@ -63,6 +66,7 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "chen_kd": ("teacher", [CHEN]),
     "objectness_kd": ("teacher", [DET, OKD]),
     "chen_kd_hints": ("teacher", [CHEN, HINTS]),
+    "pkd": ("teacher", [DET, PKD]),
     "ablation/cls": ("teacher", [dict(CHEN, background_weight=1.0, nu=0.0)]),
     "ablation/cls_w": ("teacher", [dict(CHEN, nu=0.0)]),
     "ablation/l2": ("teacher", [dict(CHEN, regression="l2")]),
@@ -223,7 +227,7 @@ def dataset_markdown(results: list[dict]) -> str:
               for r in results]
     by = {r["name"]: r for r in results}
     t, b = by.get("teacher"), by.get("baseline")
-    for row in ("chen_kd", "objectness_kd", "chen_kd_hints"):
+    for row in ("chen_kd", "objectness_kd", "chen_kd_hints", "pkd"):
         s = by.get(row)
         if t and b and s and t["map50_mean"] != b["map50_mean"]:
             closed = (s["map50_mean"] - b["map50_mean"]) / (t["map50_mean"] - b["map50_mean"])

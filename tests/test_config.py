@@ -7,9 +7,9 @@ import yaml
 
 from hintdistill.build import build_terms
 from hintdistill.config import load_recipe, recipe_from_dict
-from hintdistill.distiller import Linear
 from hintdistill.errors import ConfigError
 from hintdistill.models import build_model
+from hintdistill.schema import LinearRamp
 from hintdistill.terms import CrossEntropy, HintLoss, SoftTargetKD
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
@@ -72,7 +72,7 @@ def test_set_overrides_with_list_indices(tiny_recipe):
     terms = build_terms(recipe.distill[0].terms)
     assert isinstance(terms["ce"][0], CrossEntropy) and terms["ce"][1] == 0.1
     assert isinstance(terms["kd"][0], SoftTargetKD) and terms["kd"][0].temperature == 2.5
-    assert terms["kd"][1] == Linear(4.0, 1.0, 10.0)
+    assert terms["kd"][1] == LinearRamp(4.0, 1.0, 10.0)
 
 
 def test_bad_overrides(tiny_recipe):

@@ -106,9 +106,9 @@ def test_chen_soft_class_loss_hand_worked():
     per_cell = cross_entropy - teacher_term
     assert term.soft_loss(head_list(student), head_list(teacher)).item() == pytest.approx(5.4 * per_cell, rel=1e-5)
     term(student, [teacher], TARGETS)
-    assert term.parts["soft"].item() == pytest.approx(0.5 * 5.4 * per_cell, rel=1e-5)
+    assert term.last["soft"].item() == pytest.approx(0.5 * 5.4 * per_cell, rel=1e-5)
     term(teacher, [teacher], TARGETS)
-    assert term.parts["soft"].item() == pytest.approx(0.0, abs=1e-6)
+    assert term.last["soft"].item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_chen_soft_distribution_at_a_temperature_is_softmax_of_scaled_logits():
@@ -128,7 +128,7 @@ def test_chen_bounded_regression_hand_worked():
         return m.bounded_regression(head_list(s), head_list(t), TARGETS).item()
     assert bounded(student, perfect_teacher) == pytest.approx(0.25, rel=1e-5)
     term(student, [perfect_teacher], TARGETS)
-    assert term.parts["bounded"].item() == pytest.approx(0.5 * 0.25, rel=1e-5)  # times ν
+    assert term.last["bounded"].item() == pytest.approx(0.5 * 0.25, rel=1e-5)  # times ν
     # the student beats the teacher: zero
     assert bounded(perfect_teacher, student) == 0.0
     # teacher x offset 2·0.8 − 0.5 = 1.1: d_t = 0.36 > d_s = 0.25 → 0 with m = 0, counted with m = 0.2
@@ -169,7 +169,7 @@ def test_chen_total_is_mu_hard_plus_soft_plus_bounded():
     soft = 0.75 * term.soft_loss(head_list(student), head_list(teacher)).item()
     bounded = 0.5 * term.bounded_regression(head_list(student), head_list(teacher), TARGETS).item()
     assert bounded > 0 and total == pytest.approx(hard + soft + bounded, rel=1e-5)
-    parts = term.parts
+    parts = term.last
     assert sum(float(v) for v in parts.values()) == pytest.approx(total, rel=1e-5)
     assert set(parts) == {"hard_box", "hard_obj", "hard_cls", "soft", "bounded"}
 def test_imitation_mask_hand_worked():

@@ -8,7 +8,15 @@ import torch
 import torchvision
 from torch import nn
 
-from hintdistill import CrossEntropy, Distiller, HintDistillError, HintLoss, Linear, ShapeError, SoftTargetKD
+from hintdistill import (
+    CrossEntropy,
+    Distiller,
+    HintDistillError,
+    HintLoss,
+    LinearRamp,
+    ShapeError,
+    SoftTargetKD,
+)
 from hintdistill.config import StageConfig
 from hintdistill.engine.loop import set_trainable
 
@@ -53,13 +61,13 @@ def test_ensemble_of_two_teachers_through_the_distiller():
 
 
 def test_linear_weight_schedule():
-    w = Linear(4, 1, 10)
+    w = LinearRamp(4, 1, 10)
     assert [w(e) for e in (0, 5, 10, 15)] == [4.0, 2.5, 1.0, 1.0]
     assert w(2.5) == pytest.approx(3.25)  # fractional epochs (the engine passes epoch + step / steps)
     assert w(-1) == 4.0
-    assert Linear(4, 1, 0)(0) == 1.0
+    assert LinearRamp(4, 1, 0)(0) == 1.0
     # the Distiller applies the scheduled weight to the term
-    distiller = Distiller(FixedLogits([0.0, 0.0]), None, {"ce": (CrossEntropy(), Linear(4, 1, 10))},
+    distiller = Distiller(FixedLogits([0.0, 0.0]), None, {"ce": (CrossEntropy(), LinearRamp(4, 1, 10))},
                           example_inputs=torch.zeros(1, 1))
     for epoch, weight in ((0, 4.0), (5, 2.5), (10, 1.0), (12, 1.0)):
         distiller.set_epoch(epoch)

@@ -100,7 +100,10 @@ def test_gradients_flow_through_captured_features():
 def test_outputs_from_shapes_of_model_results():
     t = torch.zeros(2, 3)
     assert outputs_from(t)["logits"] is t
-    assert list(outputs_from([t, t])) == ["head:0", "head:1"]
+    maps = [torch.zeros(2, 3, 4, 4, 7), torch.zeros(2, 3, 2, 2, 7)]  # a detector's [B, A, H, W, 5+C] levels
+    assert list(outputs_from(maps)) == ["head:0", "head:1"]
+    with pytest.raises(TypeError, match="only a detector's per-level head maps"):
+        outputs_from([t, t])  # not head maps: a classifier's extra outputs belong in a dict
     assert outputs_from({"logits": t, "aux": t})["aux"] is t
     with pytest.raises(TypeError, match="str"):
         outputs_from("not a tensor")
@@ -127,3 +130,16 @@ def test_dry_runs_leave_batch_norm_statistics_alone(resnet):
             assert torch.equal(v, before[k]), k
     finally:
         resnet.eval()
+
+
+def test_train_mode_namedtuples_with_logits_give_logits():
+    t, aux = torch.zeros(2, 10), torch.ones(2, 10)
+    out = outputs_from(torchvision.models.InceptionOutputs(t, aux))  # a namedtuple: a tuple of 2-D tensors
+    assert list(out) == ["logits"] and out["logits"] is t
+    torch.manual_seed(0)
+    googlenet = torchvision.models.googlenet(weights=None, aux_logits=True, num_classes=10, init_weights=False)
+    googlenet.train()  # train mode returns GoogLeNetOutputs(logits, aux_logits2, aux_logits1)
+    taps = Taps(googlenet, ["inception3a"])
+    out = taps.run(torch.randn(2, 3, 64, 64))
+    assert set(out) == {"logits", "feat:inception3a"} and out["logits"].shape == (2, 10)
+    taps.remove()

@@ -2,48 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from . import config as C
-from .distiller import Linear
+from .data.classification import CLASS_NAMES, STATS, TensorLoader, image_folder_loader, load_tensors
+from .data.task import TaskData
+from .detection.build import build_detection_data
 from .errors import ConfigError, DataError
 from .models import build_model
-from .terms import CrossEntropy, HintLoss, SoftTargetKD, Term
+from .terms import Term, term_class, term_names
 
 
-def build_weight(w: C.Weight):
-    return Linear(w.start, w.end, w.epochs) if isinstance(w, C.LinearWeight) else float(w)
+def build_weight(w: C.Weight) -> C.Weight:
+    """A recipe weight as the Distiller takes it: a float, or the LinearRamp schedule itself."""
+    return w if isinstance(w, C.LinearRamp) else float(w)
 
 
 def build_term(cfg: Any, context: dict | None = None) -> Term:
     """One loss term from its recipe entry; ``context`` carries task facts (e.g. a detector's anchors)."""
-    if cfg.type == "ce":
-        return CrossEntropy(cfg.label_smoothing)
-    if cfg.type == "kd":
-        return SoftTargetKD(cfg.temperature)
-    if cfg.type == "hint":
-        return HintLoss(cfg.hint, cfg.guided, cfg.adapter, cfg.distance, cfg.resize, cfg.reduction,
-                        cfg.adapter_activation, cfg.teacher_index, tokens_to_map=cfg.tokens_to_map)
-    from .detection.build import build_detection_term  # detection terms need the detector's pieces
-
-    return build_detection_term(cfg, context or {})
+    return term_class(cfg.type).from_config(cfg, context or {})
 
 
 def build_terms(cfgs: list, context: dict | None = None) -> dict[str, tuple[Term, Any]]:
     """Named terms with their weights; a second term of the same type is named ``kd_1``, ``hint_1``..."""
-    out: dict[str, tuple[Term, Any]] = {}
-    for cfg in cfgs:
-        name = cfg.type
-        i = 1
-        while name in out:
-            name = f"{cfg.type}_{i}"
-            i += 1
-        out[name] = (build_term(cfg, context), build_weight(cfg.weight))
-    return out
+    names = term_names(cfg.type for cfg in cfgs)
+    return {name: (build_term(cfg, context), build_weight(cfg.schedule())) for name, cfg in zip(names, cfgs, strict=True)}
 
 
 def model_spec(cfg: C.ModelConfig, defaults: dict) -> dict:
@@ -58,37 +43,8 @@ def instantiate(spec: dict) -> nn.Module:
         raise ConfigError(f"model '{spec['name']}' cannot be built with args {spec['args']}: {e}") from e
 
 
-@dataclass
-class TaskData:
-    """What the engine needs of a task's data, independent of classification or detection."""
-
-    kind: str
-    train_loader: Any  # callable(batch_size, augment, seed, rank, world) -> iterable with set_epoch
-    test_loader: Any
-    num_classes: int
-    input_shape: tuple[int, ...]
-    class_names: list[str] = field(default_factory=list)
-    primary_metric: str = "accuracy"
-    model_defaults: dict = field(default_factory=dict)
-    context: dict = field(default_factory=dict)
-
-    def example_batch(self, n: int = 8):
-        loader = self.train_loader(n, [], 0, 0, 1)
-        return next(iter(loader))
-
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        if self.kind == "classification":
-            from .metrics import evaluate_classifier
-
-            return evaluate_classifier(model, self.test_loader, device)
-        from .detection.evaluate import evaluate_detector
-
-        return evaluate_detector(model, self.test_loader, device)
-
-
 def build_classification_data(recipe: C.Recipe) -> TaskData:
-    from .data.classification import STATS, TensorLoader, image_folder_loader, load_tensors
-
+    """Loaders and facts of a classification recipe's data (Fashion-MNIST, CIFAR..., an image folder)."""
     d = recipe.data
     if d.name == "image_folder":
         if not d.data_dir:
@@ -125,8 +81,6 @@ def build_classification_data(recipe: C.Recipe) -> TaskData:
         return TensorLoader(x_train, y_train, bs, mean, std, shuffle=True, augment=list(augment), seed=seed,
                             rank=rank, world=world)
 
-    from .data.classification import CLASS_NAMES
-
     shape = tuple(x_train.shape[1:])
     defaults = {"num_classes": num_classes}
     return TaskData("classification", train_loader, test, num_classes, shape, CLASS_NAMES.get(d.name, []),
@@ -134,8 +88,7 @@ def build_classification_data(recipe: C.Recipe) -> TaskData:
 
 
 def build_data(recipe: C.Recipe) -> TaskData:
+    """The recipe's data as the engine takes it, whatever the task."""
     if recipe.task == "classification":
         return build_classification_data(recipe)
-    from .detection.build import build_detection_data
-
     return build_detection_data(recipe)

@@ -9,120 +9,27 @@ from __future__ import annotations
 import math
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .schema import LinearRamp, Strict, Weight
+from .terms import registered
+from .terms.registry import on_register
+
+__all__ = ["LinearRamp", "Strict", "Weight", "AnyTerm", "Recipe", "StageConfig", "TrainConfig",
+           "load_recipe", "recipe_from_dict"]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def term_union() -> Any:
+    """Any registered term's recipe entry, told apart by its ``type`` (see ``hintdistill.terms.registry``)."""
+    return Annotated[Union[tuple(term.Config for term in registered().values())],  # noqa: UP007
+                     Field(discriminator="type")]
 
 
-class LinearWeight(Strict):
-    """A weight annealed linearly from ``start`` to ``end`` over the stage's first ``epochs``."""
-
-    start: float
-    end: float
-    epochs: float = Field(gt=0)
-
-
-Weight = float | LinearWeight
-
-
-class CETerm(Strict):
-    """Hard-label cross-entropy."""
-
-    type: Literal["ce"]
-    weight: Weight = 1.0
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-
-
-class KDTerm(Strict):
-    """Soft-target KD, T² · KL(teacher_T ‖ student_T) (Hinton et al. 2015). ``weight`` is alpha, the weight
-    of the soft term; give the ``ce`` term 1 - alpha for the usual mix."""
-
-    type: Literal["kd"]
-    weight: Weight = 1.0
-    temperature: float = Field(4.0, gt=0)
-
-
-class HintTerm(Strict):
-    """FitNets hint (Romero et al. 2015): teacher layer ``hint`` guides student layer ``guided``."""
-
-    type: Literal["hint"]
-    weight: Weight = 1.0
-    hint: str
-    guided: str
-    adapter: Literal["conv1x1", "conv3x3", "regressor", "linear", "identity"] = "conv1x1"
-    adapter_activation: Literal["none", "relu"] = "none"
-    distance: Literal["l2", "l1", "smooth_l1"] = "l2"
-    reduction: Literal["mean", "sum"] = "mean"
-    resize: Literal["none", "interpolate", "pool"] = "none"
-    teacher_index: int = Field(0, ge=0)
-    tokens_to_map: bool = Field(False, description="reshape ViT token maps [B, 1+H*W, C] to [B, C, H, W], "
-                                                   "dropping the class token")
-
-
-class DetectionTerm(Strict):
-    """The detector's own loss (CIoU box, BCE objectness and classes); per-part weights override the defaults
-    (e.g. Chen et al.'s mu on the hard part: obj_weight and cls_weight scaled by mu)."""
-
-    type: Literal["detection"]
-    weight: Weight = 1.0
-    box_weight: float | None = Field(None, ge=0)
-    obj_weight: float | None = Field(None, ge=0)
-    cls_weight: float | None = Field(None, ge=0)
-    normalise: Literal["none", "yolov5"] = Field("none", description="scale the gains per level, image size "
-                                                 "and class count as YOLOv5 does")
-
-
-class ObjectnessKDTerm(Strict):
-    """Objectness-scaled distillation (Mehta & Ozturk 2018)."""
-
-    type: Literal["objectness_kd"]
-    weight: Weight = 1.0
-    lambda_d: float = 1.0
-    fm_nms: bool = True
-
-
-class ChenKDTerm(Strict):
-    """Chen et al. 2017 class-weighted soft targets and teacher-bounded regression, one-stage form."""
-
-    type: Literal["chen_kd"]
-    weight: Weight = 1.0
-    mu: float = Field(0.5, ge=0, le=1)
-    temperature: float = Field(1.0, gt=0)
-    background_weight: float = 1.5
-    margin: float = 0.0
-    nu: float = 0.5
-    regression: Literal["bounded_iou", "bounded", "l2"] = Field(
-        "bounded_iou", description="teacher-bounded 1 - CIoU (the box loss's units), the paper's teacher-bounded "
-        "L2 on the box parameters, or plain L2 to the teacher")
-    box_weight: float | None = Field(None, ge=0, description="the hard loss's gains (see the detection term)")
-    obj_weight: float | None = Field(None, ge=0)
-    cls_weight: float | None = Field(None, ge=0)
-    normalise: Literal["none", "yolov5"] = "none"
-
-
-class NeckHintTerm(Strict):
-    """Hints on the detector's neck levels through adaptation layers (Chen et al.; Wang et al. mask)."""
-
-    type: Literal["neck_hints"]
-    weight: Weight = 0.5
-    levels: list[tuple[str, str]] = [("neck.p3", "neck.p3"), ("neck.p4", "neck.p4"), ("neck.p5", "neck.p5")]
-    distance: Literal["l2", "l1"] = "l2"
-    adapter: Literal["conv1x1", "identity"] = "conv1x1"
-    imitation_mask: bool = False
-    psi: float = Field(0.5, gt=0, le=1)
-    reduction: Literal["mean", "paper"] = Field("mean", description="mean over channels and locations, or the "
-                                                "papers' sums (Chen: per image; Wang: over the mask / 2 N_p)")
-
-
-TermConfig = Annotated[CETerm | KDTerm | HintTerm | DetectionTerm | ObjectnessKDTerm | ChenKDTerm | NeckHintTerm,
-                       Field(discriminator="type")]
+AnyTerm = term_union()
 
 
 class OptimizerConfig(Strict):
@@ -151,19 +58,19 @@ class TrainConfig(Strict):
     grad_clip_norm: float | None = Field(None, gt=0, description="clip the gradient's global L2 norm to this")
     eval_every: int = Field(1, gt=0, description="test every N epochs (and always after the last one); "
                                                    "detection evaluation costs seconds per epoch on a CPU")
-    terms: list[TermConfig] = [CETerm(type="ce")]
+    terms: list[AnyTerm] = [registered()["ce"].Config(type="ce")]
 
 
 class StageConfig(TrainConfig):
     """A span of distillation epochs with its own terms, trainable modules and optimizer."""
 
     name: str = "distill"
-    terms: list[TermConfig]
+    terms: list[AnyTerm]
     trainable: Literal["all", "up_to_guided"] = "all"
 
     @model_validator(mode="after")
     def _guided_needs_hint(self):
-        if self.trainable == "up_to_guided" and not any(t.type == "hint" for t in self.terms):
+        if self.trainable == "up_to_guided" and not any(t.guided_layer() for t in self.terms):
             raise ValueError("trainable: up_to_guided needs a 'hint' term in the same stage (it names the guided layer)")
         types = {t.type for t in self.terms}
         if {"chen_kd", "detection"} <= types:
@@ -261,6 +168,18 @@ class Recipe(Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
+
+
+def refresh_term_schema() -> None:
+    """Rebuild the recipe schema so that a term registered after this module was imported is accepted."""
+    union = term_union()
+    for model in (TrainConfig, StageConfig):
+        model.model_fields["terms"].annotation = list[union]
+    for model in (TrainConfig, StageConfig, TeacherConfig, Recipe):
+        model.model_rebuild(force=True)
+
+
+on_register(refresh_term_schema)
 
 
 def set_path(tree: dict, dotted: str, value: Any) -> None:

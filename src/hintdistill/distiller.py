@@ -13,33 +13,17 @@ nor their batch-norm statistics change, whatever the loop around them does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import HintDistillError
+from .schema import LinearRamp
 from .taps import Outputs, Taps
-from .terms.base import Term
+from .terms.base import Term, loss_and_parts
 
-
-@dataclass
-class Linear:
-    """A weight annealed linearly from ``start`` to ``end`` over ``epochs`` (FitNets: 4 → 1), then held."""
-
-    start: float
-    end: float
-    epochs: float
-
-    def __call__(self, epoch: float) -> float:
-        if self.epochs <= 0:
-            return self.end
-        frac = min(max(epoch / self.epochs, 0.0), 1.0)
-        return self.start + (self.end - self.start) * frac
-
-
-Weight = float | Linear
+Weight = float | LinearRamp  # a constant, or a schedule called with the (fractional) epoch
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -99,6 +83,12 @@ class Distiller(nn.Module):
             self.student.train(was_training)
         self._ready = True
 
+    def remove_taps(self) -> None:
+        """Take the forward hooks off the student and the teachers (a finished stage leaves none behind)."""
+        self.student_taps.remove()
+        for taps in self.teacher_taps:
+            taps.remove()
+
     def set_epoch(self, epoch: float) -> None:
         """Progress in epochs (fractional allowed), for scheduled weights."""
         self.epoch = epoch
@@ -125,7 +115,8 @@ class Distiller(nn.Module):
 
     def forward(self, inputs: Any, targets: Any = None,
                 teacher_outputs: list[Outputs] | None = None) -> tuple[Outputs, dict[str, torch.Tensor]]:
-        """Return the student's Outputs and the named losses; ``losses['loss']`` is the weighted sum.
+        """Return the student's Outputs and the named losses; ``losses['loss']`` is the weighted sum, and a
+        term's named parts appear as ``<term>.<part>`` (detached, for the logs).
 
         ``teacher_outputs`` may be passed in (from a cache) to skip the teachers' forward.
         """
@@ -141,8 +132,9 @@ class Distiller(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         total = None
         for name, term in self.terms.items():
-            value = term(student_out, teacher_outputs, targets)
+            value, parts = loss_and_parts(term, term(student_out, teacher_outputs, targets))
             losses[name] = value.detach()
+            losses.update({f"{name}.{part}": v.detach() for part, v in parts.items()})  # logged, not summed
             weighted = self.weight(name) * value
             total = weighted if total is None else total + weighted
         losses["loss"] = total

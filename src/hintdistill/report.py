@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import run_folder
 from .engine.logging import read_metrics
 
 CSS = """
@@ -75,10 +76,53 @@ class Report:
             self.problem(f"section '{title}'", e)
 
 
+# The summary's columns and formats, shared by summary.md, the console and report.html.
+COLUMNS = {
+    "classification": [("model", "model"), ("arch", "architecture"), ("accuracy", "test acc"),
+                       ("errors", "test errors"), ("params", "params"), ("gflops", "GFLOPs"),
+                       ("cpu_ms_per_image", "CPU ms/img"), ("train_s", "train time")],
+    "detection": [("model", "model"), ("arch", "architecture"), ("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]"),
+                  ("params", "params"), ("gflops", "GFLOPs"), ("cpu_ms_per_image", "CPU ms/img"),
+                  ("train_s", "train time")],
+}
+
+
+def fmt(key: str, v) -> str:
+    """One summary value as the tables show it."""
+    if v is None:
+        return "-"
+    if key == "params":
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}K"
+    if key == "train_s":
+        return f"{v / 60:.1f} min" if v >= 60 else f"{v:.1f} s"
+    if key in ("accuracy", "map50", "map"):
+        return f"{100 * v:.2f}%" if key == "accuracy" else f"{v:.4f}"
+    if key == "gflops":
+        return f"{v:.3f}"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], kind: str) -> str:
+    """The summary rows as the Markdown table of ``summary.md`` and the console."""
+    cols = COLUMNS[kind]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(k, r.get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict, run_dir: Path, kind: str, note: str = "") -> None:
+    """``summary.json`` and ``summary.md`` of a finished run; ``note`` follows the table (e.g. dropped images)."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = f"# {summary['recipe']}\n\nTest-set results ({kind}), device {summary['device']}.\n\n"
+    text += markdown_table(summary["rows"], kind) + "\n" + note
+    (run_dir / "summary.md").write_text(text)
+
+
 def summary_table(summary: dict) -> str:
     """The run's summary rows as an HTML table, with the columns and formats of ``summary.md``."""
-    from .engine.pipeline import COLUMNS, fmt
-
     cols = COLUMNS.get(summary.get("task", "classification"), COLUMNS["classification"])
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(k, r.get(k)))}</td>" for k, _ in cols) + "</tr>"
@@ -89,21 +133,11 @@ def summary_table(summary: dict) -> str:
 def stages_table(recipe) -> str:
     rows = []
     for stage in recipe.distill:
-        terms = ", ".join(_term_text(t) for t in stage.terms)
+        terms = ", ".join(t.describe() for t in stage.terms)
         rows.append(f"<tr><td>{html.escape(stage.name)}</td><td>{stage.epochs}</td><td>{stage.trainable}</td>"
                     f"<td style='text-align:left'>{html.escape(terms)}</td></tr>")
     return ("<table><thead><tr><th>stage</th><th>epochs</th><th>trainable</th><th>terms (weight)</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
-
-
-def _term_text(term) -> str:
-    w = term.weight
-    weight = f"{w.start:g}→{w.end:g} over {w.epochs:g} epochs" if hasattr(w, "start") else f"{w:g}"
-    if term.type == "hint":
-        return f"hint {term.hint} ← {term.guided} via {term.adapter} ({weight})"
-    if term.type == "neck_hints":
-        return f"neck_hints {', '.join(f'{t}←{s}' for t, s in term.levels)} via {term.adapter} ({weight})"
-    return f"{term.type} ({weight})"
 
 
 def phase_histories(run_dir: Path) -> dict[str, list[dict]]:
@@ -113,76 +147,84 @@ def phase_histories(run_dir: Path) -> dict[str, list[dict]]:
     return {p: read_metrics(run_dir / p / "metrics.jsonl") for p in phases}
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``RUN/report.html`` (and ``RUN/figures/*.png``) for a run folder; returns the page's path.
+class RunReport(Report):
+    """The report of one run folder: its sections, each built from what the folder holds."""
 
-    Never raises for a figure or section that cannot be built: the page lists what is missing and why.
-    """
-    from . import figures as fg
-    from . import run_folder, viz
+    def __init__(self, run_dir: Path):
+        super().__init__(run_dir)
+        self.title = run_dir.name
+        self.run = None
 
-    run_dir = Path(run_dir)
-    report = Report(run_dir)
-    title = run_dir.name
-    summary: dict = {}
-    run = None
-
-    def summary_section() -> None:
-        nonlocal summary, title
-        path = run_dir / "summary.json"
+    def summary_section(self) -> None:
+        path = self.run_dir / "summary.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the run has not finished")
         summary = json.loads(path.read_text())
-        title = summary.get("recipe", title)
-        report.add(f'<p class="meta">task {html.escape(str(summary.get("task")))}, device '
-                   f'{html.escape(str(summary.get("device")))}; test-set results.</p>{summary_table(summary)}')
+        self.title = summary.get("recipe", self.title)
+        self.add(f'<p class="meta">task {html.escape(str(summary.get("task")))}, device '
+                 f'{html.escape(str(summary.get("device")))}; test-set results.</p>{summary_table(summary)}')
 
-    def curves_section() -> None:
-        report.figure("curves", "Every loss term and test metric per epoch; dotted lines: the distilled phase's stages",
-                      lambda: fg.curves_figure(phase_histories(run_dir)))
+    def curves_section(self) -> None:
+        from . import figures as fg
 
-    def features_section() -> None:
-        nonlocal run
-        run = run_folder.Run(run_dir)
+        self.figure("curves", "Every loss term and test metric per epoch; dotted lines: the distilled phase's stages",
+                    lambda: fg.curves_figure(phase_histories(self.run_dir)))
+
+    def features_section(self) -> None:
+        from . import figures as fg
+        from . import viz  # matplotlib, like figures
+
+        run = self.run = run_folder.Run(self.run_dir)
         pairs = viz.recipe_pairs(run.recipe, run.task)
         if not pairs:
-            report.add("<p>The recipe has no hint terms; `hintdistill viz RUN --image PATH --layers hint=guided` draws "
-                       "any pair of layers.</p>")
+            self.add("<p>The recipe has no hint terms; `hintdistill viz RUN --image PATH --layers hint=guided` draws "
+                     "any pair of layers.</p>")
             return
         example = run_folder.first_test_example(run)
         with warnings.catch_warnings():  # an untrained adapter is said in the figure's caption instead
             warnings.simplefilter("ignore", UserWarning)
             maps = viz.feature_maps(run, example, pairs)
         for i, m in enumerate(maps):
-            report.figure(f"features_{i}_{viz.safe_name(m.hint_name)}__{viz.safe_name(m.guided_name)}",
-                          f"First test image: teacher hint {m.hint_name}, distilled student's guided {m.guided_name} "
-                          f"and its adapted map" + (f" — {'; '.join(m.notes)}" if m.notes else ""),
-                          lambda m=m: fg.feature_figure(example.image, m, "first test image"))
+            self.figure(f"features_{i}_{viz.safe_name(m.hint_name)}__{viz.safe_name(m.guided_name)}",
+                        f"First test image: teacher hint {m.hint_name}, distilled student's guided {m.guided_name} "
+                        f"and its adapted map" + (f" — {'; '.join(m.notes)}" if m.notes else ""),
+                        lambda m=m: fg.feature_figure(example.image, m, "first test image"))
         if run.task == "detection":
             names = example.class_names or run_folder.class_names(run.recipe, 0)
-            report.figure("detections", "First test image: ground truth, teacher, baseline and distilled boxes",
-                          lambda: fg.detection_figure(example.image, viz.detection_panels(run, example), names,
-                                                      viz.CONF_THRESH))
+            self.figure("detections", "First test image: ground truth, teacher, baseline and distilled boxes",
+                        lambda: fg.detection_figure(example.image, viz.detection_panels(run, example), names,
+                                                    viz.CONF_THRESH))
 
-    def recipe_section() -> None:
-        recipe_file = run_dir / "recipe.yaml"
-        if run is not None and run.recipe is not None:
-            report.add(stages_table(run.recipe))
-        report.add(f"<pre>{html.escape(recipe_file.read_text())}</pre>")
+    def recipe_section(self) -> None:
+        if self.run is not None and self.run.recipe is not None:
+            self.add(stages_table(self.run.recipe))
+        self.add(f"<pre>{html.escape((self.run_dir / 'recipe.yaml').read_text())}</pre>")
 
-    report.section("Results", summary_section)
-    report.section("Training curves", curves_section)
-    report.section("Feature maps and detections", features_section)
-    report.section("Distillation stages and recipe", recipe_section)
-    problems = ""
-    if report.problems:  # at the top, so a missing figure is never mistaken for a quiet success
-        items = "".join(f"<li>{html.escape(p)}</li>" for p in report.problems)
-        problems = f'<h2>Problems</h2><ul class="problem" id="problems">{items}</ul>'
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} report</title>'
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<p class="meta">hintdistill run report, {html.escape(str(run_dir))}, written {when}</p>{problems}'
-            + "\n".join(report.parts) + "</body></html>\n")
+    def page(self) -> str:
+        """The whole page; problems at the top, so a missing figure is never mistaken for a quiet success."""
+        problems = ""
+        if self.problems:
+            items = "".join(f"<li>{html.escape(p)}</li>" for p in self.problems)
+            problems = f'<h2>Problems</h2><ul class="problem" id="problems">{items}</ul>'
+        when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        title = html.escape(self.title)
+        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title} report</title>'
+                f"<style>{CSS}</style></head><body><h1>{title}</h1>"
+                f'<p class="meta">hintdistill run report, {html.escape(str(self.run_dir))}, written {when}</p>{problems}'
+                + "\n".join(self.parts) + "</body></html>\n")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``RUN/report.html`` (and ``RUN/figures/*.png``) for a run folder; returns the page's path.
+
+    Never raises for a figure or section that cannot be built: the page lists what is missing and why.
+    """
+    run_dir = Path(run_dir)
+    report = RunReport(run_dir)
+    report.section("Results", report.summary_section)
+    report.section("Training curves", report.curves_section)
+    report.section("Feature maps and detections", report.features_section)
+    report.section("Distillation stages and recipe", report.recipe_section)
     path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    path.write_text(report.page(), encoding="utf-8")
     return path

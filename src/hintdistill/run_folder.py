@@ -15,8 +15,12 @@ import torch
 import yaml
 from torch import nn
 
+from .build import build_data, instantiate
 from .config import Recipe, recipe_from_dict
-from .engine.checkpoint import load_model, safe_load
+from .data.classification import CLASS_NAMES, STATS, load_tensors
+from .data.voc import DetectionDataset
+from .detection.build import open_split
+from .engine.checkpoint import load_model, load_teacher_weights, safe_load
 from .errors import CheckpointError, ConfigError, DataError
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -79,9 +83,6 @@ class Run:
         if tcfg is None or not tcfg.checkpoint:
             raise CheckpointError(f"{self.folder} has no teacher/model.pt (teacher {index}) and the recipe names no "
                                   f"teacher checkpoint")
-        from .build import instantiate
-        from .engine.pipeline import load_teacher_weights
-
         # the data-derived defaults (num_classes, anchors) are what the student's spec has beyond its recipe args
         student_args = safe_load(self.phases["distilled"])["spec"]["args"]
         defaults = {k: v for k, v in student_args.items() if k not in self.recipe.student.args}
@@ -118,31 +119,18 @@ def class_names(recipe: Recipe | None, num_classes: int) -> list[str]:
             return _open_test_split(recipe, recipe.data.image_size).classes
         except Exception:  # noqa: BLE001 - names are a nicety; numbered classes still read
             pass
-    if recipe is not None:
-        from .data.classification import CLASS_NAMES
-
-        if recipe.data.name in CLASS_NAMES:
-            return CLASS_NAMES[recipe.data.name]
+    if recipe is not None and recipe.data.name in CLASS_NAMES:
+        return CLASS_NAMES[recipe.data.name]
     return [f"class {i}" for i in range(num_classes)]
 
 
 def _open_test_split(recipe: Recipe, size: int):
     recipe = recipe.model_copy(deep=True)
     recipe.data.image_size = size
-    try:
-        from .detection.build import open_split
-    except ImportError:  # a VOC folder can be read without the detection recipe builder
-        from .data.voc import VOCDetection
-
-        if recipe.data.name != "voc" or not recipe.data.data_dir:
-            raise
-        return VOCDetection(recipe.data.data_dir, recipe.data.test_split, size, classes=recipe.data.classes)
     return open_split(recipe, recipe.data.test_split)
 
 
 def _norm_stats(recipe: Recipe | None, channels: int) -> tuple[tuple, tuple]:
-    from .data.classification import STATS
-
     if recipe is not None and recipe.data.name in STATS:
         return STATS[recipe.data.name]
     return IMAGENET if channels == 3 else ((0.5,) * channels, (0.5,) * channels)
@@ -169,8 +157,6 @@ def image_example(run: Run, path: str | Path, size: int | None) -> Example:
     image = TF.pil_to_tensor(pil)
     if task == "detection":
         from torchvision import tv_tensors
-
-        from .data.voc import DetectionDataset
 
         size = size or (recipe.data.image_size if recipe else 640)
         _check_size(size, task)
@@ -199,15 +185,11 @@ def first_test_example(run: Run) -> Example:
         ds = _open_test_split(recipe, recipe.data.image_size)
         image, target = ds[0]
         return Example(image[None], image, target, ds.classes)
-    from .data.classification import STATS, load_tensors
-
     if recipe.data.name in STATS:  # only the test split: the training images are not needed here
         images, _ = load_tensors(recipe.data.name, "test", recipe.data.data_dir, recipe.data.download)
         image = images[0].float() / 255
         mean, std = STATS[recipe.data.name]
         return Example(((image - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1))[None], image)
-    from .build import build_data
-
     x = next(iter(build_data(recipe).test_loader))[0][:1]
     mean, std = IMAGENET
     return Example(x, (x[0] * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)).clamp(0, 1))

@@ -18,7 +18,7 @@ from .errors import ShapeError
 
 Outputs = dict[str, torch.Tensor]
 """What one forward pass produced, by name: ``logits``; ``head:0..N`` for a detector's raw per-level
-maps; ``feat:<module.path>`` for every tapped module."""
+maps ``[B, A, H, W, 5+C]``; ``feat:<module.path>`` for every tapped module."""
 
 
 def feature_key(name: str) -> str:
@@ -58,17 +58,24 @@ def _first_tensor(value):
 def outputs_from(result) -> Outputs:
     """Turn whatever a model's forward returned into Outputs.
 
-    A tensor is ``logits``; a list or tuple of tensors is a detector's per-level head maps
-    (``head:0``, ``head:1``, ...); a dict is taken as it is.
+    A tensor, or an output with a ``.logits`` attribute (torchvision's Inception/GoogLeNet train-mode
+    namedtuples, HF-style outputs), is ``logits``; a detector's list of per-level head maps, each
+    ``[B, A, H, W, 5+C]``, is ``head:0``, ``head:1``, ...; a dict is taken as it is.
     """
     if isinstance(result, torch.Tensor):
         return {"logits": result}
-    if isinstance(result, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in result):
-        return {f"head:{i}": t for i, t in enumerate(result)}
+    if hasattr(result, "logits"):  # checked before tuples: InceptionOutputs is a namedtuple (logits, aux_logits)
+        return {"logits": result.logits}
     if isinstance(result, dict):
         return dict(result)
-    if hasattr(result, "logits"):  # e.g. torchvision's InceptionOutputs / HF-style outputs
-        return {"logits": result.logits}
+    if isinstance(result, (list, tuple)) and result and all(
+            isinstance(t, torch.Tensor) and t.dim() == 5 for t in result):
+        return {f"head:{i}": t for i, t in enumerate(result)}
+    if isinstance(result, (list, tuple)):
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in result]
+        raise TypeError(f"the model returned a {type(result).__name__} of {shapes}: only a detector's per-level head "
+                        f"maps [B, A, H, W, 5+C] may come as a list; return the logits tensor, or a dict of named "
+                        f"tensors (e.g. {{'logits': ..., 'aux': ...}})")
     raise TypeError(f"cannot interpret a model output of type {type(result).__name__} as Outputs")
 
 

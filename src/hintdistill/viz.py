@@ -26,27 +26,20 @@ from .errors import ConfigError
 from .figures import FeatureMaps, detection_figure, feature_figure, png_bytes
 from .run_folder import Example, Run, class_names, image_example
 from .taps import Taps, feature_key
-from .terms.hints import HintLoss, feature_distance
+from .terms import HintLoss, HintPair, feature_distance, term_names
+from .terms.detection import NECK_LEVELS
 
-NECK_LEVELS = [("neck.p3", "neck.p3"), ("neck.p4", "neck.p4"), ("neck.p5", "neck.p5")]
 CONF_THRESH, IOU_THRESH = 0.25, 0.45
 LOW_CONF, TOP_WHEN_NONE = 0.001, 5
 
 
-@dataclass
-class LayerPair:
-    """A hint (teacher) layer, the guided (student) layer it guides, and how the adapter is built.
-    ``adapter`` None: not in the recipe, chosen from the shapes. ``stage``/``prefix`` locate trained
-    adapter weights in the distilled phase's terms state."""
+@dataclass(frozen=True)
+class LayerPair(HintPair):
+    """A hint pair as viz draws it. ``adapter`` None: not in the recipe, chosen from the shapes; ``stage`` and
+    ``state_prefix`` (the term's name included) locate trained adapter weights in the distilled phase's terms
+    state."""
 
-    hint: str
-    guided: str
-    adapter: str | None = None
-    activation: str = "none"
-    resize: str = "interpolate"
-    teacher_index: int = 0
     stage: int | None = None
-    prefix: str = ""
 
 
 def recipe_pairs(recipe: Recipe | None, task: str) -> list[LayerPair]:
@@ -55,18 +48,10 @@ def recipe_pairs(recipe: Recipe | None, task: str) -> list[LayerPair]:
         return [LayerPair(t, s) for t, s in NECK_LEVELS] if task == "detection" else []
     pairs = []
     for si, stage in enumerate(recipe.distill):
-        seen: dict[str, int] = {}
-        for cfg in stage.terms:
-            # the term's name in the Distiller, as build_terms gives it: hint, hint_1, ...
-            k = seen.get(cfg.type, 0)
-            seen[cfg.type] = k + 1
-            name = cfg.type if k == 0 else f"{cfg.type}_{k}"
-            if cfg.type == "hint":
-                pairs.append(LayerPair(cfg.hint, cfg.guided, cfg.adapter, cfg.adapter_activation, cfg.resize,
-                                       cfg.teacher_index, si, f"{name}."))
-            elif cfg.type == "neck_hints":
-                pairs += [LayerPair(t, s, cfg.adapter, "none", "none", getattr(cfg, "teacher_index", 0), si,
-                                    f"{name}.hints.{i}.") for i, (t, s) in enumerate(cfg.levels)]
+        names = term_names(cfg.type for cfg in stage.terms)  # the terms' names in the Distiller
+        for name, cfg in zip(names, stage.terms, strict=True):
+            pairs += [LayerPair(**{**vars(p), "state_prefix": f"{name}.{p.state_prefix}"}, stage=si)
+                      for p in cfg.hint_pairs()]
     return pairs
 
 
@@ -106,7 +91,8 @@ def feature_maps(run: Run, example: Example, pairs: list[LayerPair]) -> list[Fea
             term.setup({feature_key(pair.guided): guided}, [{feature_key(pair.hint): hint}])
         notes = []
         state = run.terms_state(pair.stage) if pair.stage is not None else None
-        adapter_state = {k[len(pair.prefix):]: v for k, v in (state or {}).items() if k.startswith(pair.prefix)}
+        prefix = pair.state_prefix
+        adapter_state = {k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)}
         if adapter_state:
             term.load_state_dict(adapter_state)
         elif any(True for _ in term.parameters()):

@@ -1,30 +1,27 @@
-"""From a detection recipe to objects: VOC/COCO loaders, k-means anchors, detection loss terms.
+"""From a detection recipe to objects: VOC/COCO loaders and k-means anchors.
 
 ``build_detection_data`` reads the training split once, computes 9 anchors by k-means over its letterboxed
 box sizes (``anchors.kmeans_anchors``) and hands them to the models as a default argument (so they are in
-every ``model.pt``'s spec and state_dict) and to the terms through ``TaskData.context``.
+every ``model.pt``'s spec and state_dict) and to the terms through ``TaskData.context`` (each detection
+term's ``from_config`` reads its anchors and strides there).
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..build import TaskData
 from ..config import Recipe, SyntheticConfig
 from ..data.synthetic import ensure_synthetic, synthetic_classes
+from ..data.task import TaskData
 from ..data.voc import CocoDetection, DetectionDataset, VOCDetection, detection_collate
 from ..data.yolo_txt import YoloTxtDetection
 from ..errors import ConfigError, DataError
-from ..terms.base import Term
-from ..terms.detection import ChenDetectionKD, NeckHints, ObjectnessScaledKD
 from .anchors import kmeans_anchors
-from .loss import YoloLoss
 
 STRIDES = (8, 16, 32)
 # Evaluation holds the whole batch's activations; 512 images (the classification default) at 320 px
@@ -128,27 +125,3 @@ def build_detection_data(recipe: Recipe) -> TaskData:
     return TaskData("detection", train_loader, test_loader, n, (3, size, size), classes, primary_metric="map50",
                     model_defaults={"num_classes": n, "anchors": anchor_list},
                     context={"anchors": anchor_list, "strides": STRIDES})
-
-
-def build_detection_term(cfg: Any, context: dict) -> Term:
-    """One detection loss term (``detection``, ``objectness_kd``, ``chen_kd``, ``neck_hints``) from its recipe
-    entry; anchors and strides come from the task (``context``)."""
-    kind = cfg.type
-    if kind not in ("detection", "objectness_kd", "chen_kd", "neck_hints"):
-        raise ConfigError(f"unknown term type '{kind}'")
-    teacher_index = getattr(cfg, "teacher_index", 0)
-    if kind == "objectness_kd":
-        return ObjectnessScaledKD(cfg.lambda_d, cfg.fm_nms, teacher_index)
-    if kind == "neck_hints":
-        return NeckHints(cfg.levels, cfg.distance, cfg.adapter, cfg.imitation_mask, cfg.psi,
-                         context.get("anchors"), context.get("strides", STRIDES), teacher_index, cfg.reduction)
-    if "anchors" not in context:
-        raise ConfigError(f"the '{kind}' term needs a detector's anchors: use it in a recipe with task: detection")
-    anchors, strides = context["anchors"], context.get("strides", STRIDES)
-    # optional per-part gains of the hard loss, and their YOLOv5 normalisation
-    gains = {k: getattr(cfg, k) for k in ("box_weight", "obj_weight", "cls_weight") if getattr(cfg, k) is not None}
-    gains["normalise"] = cfg.normalise
-    if kind == "detection":
-        return YoloLoss(anchors, strides, **gains)
-    return ChenDetectionKD(anchors, strides, cfg.mu, cfg.temperature, cfg.background_weight, cfg.margin, cfg.nu,
-                           teacher_index=teacher_index, regression=cfg.regression, hard=gains)

@@ -19,15 +19,17 @@ fixed number of objects; the class BCE is a mean over C classes. ``normalise="no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..errors import ConfigError, DataError, ShapeError
 from ..taps import Outputs
 from ..terms.base import Term
+from ..terms.registry import TermConfig, register_term
 from .assign import LevelTargets, assign_targets
 from .boxes import box_params, ciou, xywh_to_xyxy
 
@@ -52,6 +54,13 @@ def as_anchor_tensor(anchors: Any) -> torch.Tensor:
     return t.reshape(3, 3, 2).clone()
 
 
+def detector_context(kind: str, context: dict) -> tuple[Any, Sequence[float]]:
+    """The task's anchors and strides, which a term on a detector's head maps cannot do without."""
+    if "anchors" not in context:
+        raise ConfigError(f"the '{kind}' term needs a detector's anchors: use it in a recipe with task: detection")
+    return context["anchors"], context.get("strides", (8, 16, 32))
+
+
 def head_maps(outputs: Outputs, role: str = "student") -> list[torch.Tensor]:
     """The raw per-level maps ``head:0, head:1, ...`` of one Outputs, each ``[B, A, H, W, 5+C]``."""
     maps = []
@@ -71,10 +80,21 @@ def predicted_boxes(raw: torch.Tensor, pos: LevelTargets, level_anchors: torch.T
     return xywh_to_xyxy(torch.cat([xy, p[:, 2:] * level_anchors[pos.anchor]], 1))
 
 
+@register_term("detection")
 class YoloLoss(Term):
     """CIoU box + IoU-targeted BCE objectness + BCE class loss over ``head:i``; needs no teacher."""
 
     uses_teacher = False
+
+    class Config(TermConfig):
+        """The detector's own loss (CIoU box, BCE objectness and classes); per-part weights override the defaults
+        (e.g. Chen et al.'s mu on the hard part: obj_weight and cls_weight scaled by mu)."""
+
+        box_weight: float | None = Field(None, ge=0)
+        obj_weight: float | None = Field(None, ge=0)
+        cls_weight: float | None = Field(None, ge=0)
+        normalise: Literal["none", "yolov5"] = Field("none", description="scale the gains per level, image "
+                                                     "size and class count as YOLOv5 does")
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), box_weight: float = 0.05,
                  obj_weight: float = 1.0, cls_weight: float = 0.5, balance: Sequence[float] = (4.0, 1.0, 0.4),
@@ -88,6 +108,12 @@ class YoloLoss(Term):
         self.box_weight, self.obj_weight, self.cls_weight = box_weight, obj_weight, cls_weight
         self.balance, self.anchor_t = list(balance), anchor_t
         self.last: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: TermConfig, context: dict) -> YoloLoss:
+        anchors, strides = detector_context(cfg.type, context)
+        # only the per-part weights the recipe gives (e.g. Chen et al.'s μ on the hard objectness/class loss)
+        return cls(anchors, strides, **{k: v for k, v in cfg.term_args().items() if v is not None})
 
     @classmethod
     def for_model(cls, model: nn.Module, **kwargs: Any) -> YoloLoss:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, HintDistillError
+from ..models import build_model
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -92,8 +93,6 @@ def load_state(model: nn.Module, state_dict: dict, source: str) -> None:
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a model from a ``model.pt`` (or resume ``checkpoint.pt``) and load its weights."""
-    from ..models import build_model
-
     ckpt = safe_load(path)
     spec = ckpt.get("spec")
     if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("args", {}), dict)):
@@ -111,6 +110,13 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
                               f"cannot be built ({type(e).__name__}: {e}); was it written by another version?") from None
     load_state(model, ckpt["state_dict"] if "state_dict" in ckpt else ckpt["student"], str(path))
     return model, ckpt
+
+
+def load_teacher_weights(model: nn.Module, path: str) -> None:
+    """Weights for a teacher from a ``model.pt``, a resume ``checkpoint.pt`` or a plain state_dict file."""
+    ckpt = safe_load(path)
+    state = ckpt.get("state_dict", ckpt.get("student", ckpt))
+    load_state(model, state, path)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

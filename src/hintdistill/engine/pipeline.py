@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import torch
 import yaml
 
-from ..build import TaskData, build_data, instantiate, model_spec
+from .. import report
+from ..build import build_data, instantiate, model_spec
 from ..checks import check_model_fits_data  # issue 12
 from ..config import Recipe
 from ..data.sanity import dropped_note  # issue 12
+from ..data.task import TaskData
 from ..errors import ShapeError
 from ..metrics import count_params, cpu_latency_ms, gflops
 from ..taps import outputs_from
-from .checkpoint import load_state, safe_load
+from .checkpoint import load_teacher_weights
 from .distributed import Dist, barrier, cleanup, init_distributed
-from .loop import Phase, as_stage, train_phase
+from .loop import Phase, as_stage
+from .stage import PhaseTrainer
 
 
 def seed_everything(seed: int) -> None:
@@ -41,12 +42,6 @@ def check_num_classes(model: torch.nn.Module, data: TaskData, role: str) -> None
         raise ShapeError(f"the {role} predicts {width} classes but the data has {data.num_classes}: remove "
                          f"num_classes from the {role}'s args (it defaults to the data's) or set it to "
                          f"{data.num_classes}.")
-
-
-def load_teacher_weights(model: torch.nn.Module, path: str) -> None:
-    ckpt = safe_load(path)
-    state = ckpt.get("state_dict", ckpt.get("student", ckpt))
-    load_state(model, state, path)
 
 
 def run_recipe(recipe: Recipe, log=print) -> dict:
@@ -86,8 +81,8 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
             if d.main:
                 log(f"[{name}] loaded {tcfg.checkpoint}")
         else:
-            result = train_phase(Phase(name, model, spec, [as_stage(tcfg.train, "train")]), data, run_dir,
-                                 device, d, recipe.seed + i, recipe.amp, log)
+            result = PhaseTrainer(Phase(name, model, spec, [as_stage(tcfg.train, "train")]), data, run_dir,
+                                  device, d, recipe.seed + i, recipe.amp, log).train()
         teachers.append(model)
         rows.append(summary_row(name, model, spec, result, data, recipe))
     barrier(d)
@@ -96,27 +91,25 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     if recipe.baseline is not None:
         seed_everything(recipe.seed)  # the baseline and distilled students start from the same weights
         baseline = instantiate(student_spec)
-        result = train_phase(Phase("baseline", baseline, student_spec, [as_stage(recipe.baseline, "train")]), data,
-                             run_dir, device, d, recipe.seed, recipe.amp, log)
+        result = PhaseTrainer(Phase("baseline", baseline, student_spec, [as_stage(recipe.baseline, "train")]),
+                              data, run_dir, device, d, recipe.seed, recipe.amp, log).train()
         rows.append(summary_row("baseline", baseline, student_spec, result, data, recipe))
 
     seed_everything(recipe.seed)
     student = instantiate(student_spec)
-    result = train_phase(Phase("distilled", student, student_spec, recipe.distill, teachers), data, run_dir,
-                         device, d, recipe.seed, recipe.amp, log)
+    result = PhaseTrainer(Phase("distilled", student, student_spec, recipe.distill, teachers), data, run_dir,
+                          device, d, recipe.seed, recipe.amp, log).train()
     rows.append(summary_row("distilled", student, student_spec, result, data, recipe))
 
     summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device), "rows": rows}
     if d.main:
-        write_summary(summary, run_dir, data)
-        log("\n" + markdown_table(rows, data))
+        report.write_summary(summary, run_dir, data.kind, dropped_note(data.test_loader))  # issue 12
+        log("\n" + report.markdown_table(rows, data.kind))
         log(f"\nwritten: {run_dir / 'summary.md'}")
         try:
-            from ..report import write_report
-
-            path = write_report(run_dir)
+            path = report.write_report(run_dir)  # looked up at call time: tests replace it with a stub
             log(f"written: {path}")
-        except ImportError:
+        except ImportError:  # matplotlib (the figures) missing
             pass
     return summary
 
@@ -127,45 +120,3 @@ def summary_row(name: str, model, spec: dict, result: dict, data: TaskData, reci
            "gflops": gflops(model, data.input_shape),
            "cpu_ms_per_image": cpu_latency_ms(model, data.input_shape, recipe.latency_batch)}
     return row
-
-
-COLUMNS = {
-    "classification": [("model", "model"), ("arch", "architecture"), ("accuracy", "test acc"),
-                       ("errors", "test errors"), ("params", "params"), ("gflops", "GFLOPs"),
-                       ("cpu_ms_per_image", "CPU ms/img"), ("train_s", "train time")],
-    "detection": [("model", "model"), ("arch", "architecture"), ("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]"),
-                  ("params", "params"), ("gflops", "GFLOPs"), ("cpu_ms_per_image", "CPU ms/img"),
-                  ("train_s", "train time")],
-}
-
-
-def fmt(key: str, v) -> str:
-    if v is None:
-        return "-"
-    if key == "params":
-        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}K"
-    if key == "train_s":
-        return f"{v / 60:.1f} min" if v >= 60 else f"{v:.1f} s"
-    if key in ("accuracy", "map50", "map"):
-        return f"{100 * v:.2f}%" if key == "accuracy" else f"{v:.4f}"
-    if key == "gflops":
-        return f"{v:.3f}"
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    return str(v)
-
-
-def markdown_table(rows: list[dict], data: TaskData) -> str:
-    cols = COLUMNS[data.kind]
-    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(k, r.get(k)) for k, _ in cols) + " |")
-    return "\n".join(lines)
-
-
-def write_summary(summary: dict, run_dir: Path, data: TaskData) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    text = f"# {summary['recipe']}\n\nTest-set results ({data.kind}), device {summary['device']}.\n\n"
-    text += markdown_table(summary["rows"], data) + "\n"
-    text += dropped_note(data.test_loader)  # issue 12: unreadable test images, counted
-    (run_dir / "summary.md").write_text(text)

@@ -28,26 +28,14 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
 
 
 def available() -> list[str]:
-    _load_builtin()
+    """Every registered model name (``hintdistill.models`` imports the families, which register themselves)."""
     return sorted(_REGISTRY) + ["torchvision:<name>", "timm:<name>"]
-
-
-def _load_builtin() -> None:
-    # Imported lazily so ``registry`` itself has no import cycles with the model files.
-    from . import classification  # noqa: F401
-
-    try:
-        from . import yolo  # noqa: F401
-    except ImportError:  # the detection family is optional while it is being built
-        pass
-    from . import darknet  # noqa: F401  (Darknet .cfg/.weights detectors)
 
 
 def build_model(name: str, args: dict[str, Any] | None = None) -> nn.Module:
     """Build a registered model, or any torchvision / timm classification model as ``torchvision:<name>`` /
     ``timm:<name>``."""
     args = dict(args or {})
-    _load_builtin()
     # --- timm models (optional extra hintdistill[timm]) ---
     if name.startswith("timm:"):
         from .timm_models import build_timm

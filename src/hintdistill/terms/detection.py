@@ -51,20 +51,30 @@ The levels' losses are averaged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torchvision.ops import box_iou
 
 from ..detection.assign import assign_targets, target_box_params
 from ..detection.boxes import box_params, ciou
-from ..detection.loss import YoloLoss, as_anchor_tensor, gain_scales, head_maps, predicted_boxes
+from ..detection.loss import (
+    YoloLoss,
+    as_anchor_tensor,
+    detector_context,
+    gain_scales,
+    head_maps,
+    predicted_boxes,
+)
 from ..errors import ConfigError, ShapeError
+from ..schema import Weight
 from ..taps import Outputs, feature_key
 from .base import Term
 from .hints import HintLoss
+from .registry import HintPair, TermConfig, register_term, weight_text
 
 
 def _check_same_heads(student: Outputs, teacher: Outputs, term: str) -> tuple[list, list]:
@@ -96,8 +106,15 @@ def fm_nms(objectness: torch.Tensor, class_scores: torch.Tensor, kernel: int = 3
     return objectness >= best
 
 
+@register_term("objectness_kd")
 class ObjectnessScaledKD(Term):
     """Mehta & Ozturk 2018: teacher objectness as target, teacher class and box weighted by it."""
+
+    class Config(TermConfig):
+        """Objectness-scaled distillation (Mehta & Ozturk 2018)."""
+
+        lambda_d: float = 1.0
+        fm_nms: bool = True
 
     def __init__(self, lambda_d: float = 1.0, fm_nms: bool = True, teacher_index: int = 0):
         super().__init__()
@@ -130,11 +147,29 @@ def log_class_distribution(raw: torch.Tensor, temperature: float = 1.0) -> torch
 
 
 REGRESSIONS = ("bounded_iou", "bounded", "l2")
+HARD_GAINS = ("box_weight", "obj_weight", "cls_weight")
 
 
+@register_term("chen_kd")
 class ChenDetectionKD(Term):
     """Chen et al. 2017 on a one-stage head, hard loss included: μ scales the hard objectness/class loss,
     1 − μ the weighted soft class loss, ν the teacher-bounded regression. Use it instead of ``detection``."""
+
+    class Config(TermConfig):
+        """Chen et al. 2017 class-weighted soft targets and teacher-bounded regression, one-stage form."""
+
+        mu: float = Field(0.5, ge=0, le=1)
+        temperature: float = Field(1.0, gt=0)
+        background_weight: float = 1.5
+        margin: float = 0.0
+        nu: float = 0.5
+        regression: Literal["bounded_iou", "bounded", "l2"] = Field(
+            "bounded_iou", description="teacher-bounded 1 - CIoU (the box loss's units), the paper's teacher-"
+            "bounded L2 on the box parameters, or plain L2 to the teacher")
+        box_weight: float | None = Field(None, ge=0, description="the hard loss's gains (see the detection term)")
+        obj_weight: float | None = Field(None, ge=0)
+        cls_weight: float | None = Field(None, ge=0)
+        normalise: Literal["none", "yolov5"] = "none"
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), mu: float = 0.5,
                  temperature: float = 1.0, background_weight: float = 1.5, margin: float = 0.0, nu: float = 0.5,
@@ -152,7 +187,17 @@ class ChenDetectionKD(Term):
         self.margin, self.nu, self.anchor_t, self.teacher_index = margin, nu, anchor_t, teacher_index
         self.obj_weight = (hard or {}).get("obj_weight", 1.0)  # the soft loss's gain (the hard one's is μ × it)
         self.hard = self.yolo_loss(**(hard or {}))
-        self.parts: dict[str, torch.Tensor] = {}
+        self.last: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: TermConfig, context: dict) -> ChenDetectionKD:
+        anchors, strides = detector_context(cfg.type, context)
+        args = cfg.term_args()
+        hard = {k: args.pop(k) for k in HARD_GAINS if args.get(k) is not None}
+        hard["normalise"] = args.pop("normalise")
+        for k in HARD_GAINS:
+            args.pop(k, None)
+        return cls(anchors, strides, hard=hard, **args)
 
     def yolo_loss(self, **kwargs: Any) -> YoloLoss:
         """The hard part μ · L_hard: a YoloLoss with objectness and class weights scaled by μ."""
@@ -223,7 +268,7 @@ class ChenDetectionKD(Term):
 
     def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> torch.Tensor:
         parts = self.loss_parts(student, teachers, targets)
-        self.parts = {k: v.detach() for k, v in parts.items()}
+        self.last = {k: v.detach() for k, v in parts.items()}  # logged as chen_kd.soft, chen_kd.hard_obj, ...
         return sum(parts.values())
 
 
@@ -249,11 +294,39 @@ def imitation_mask(boxes: Sequence[torch.Tensor], anchors: torch.Tensor, stride:
     return torch.stack(masks).unsqueeze(1)
 
 
+NECK_LEVELS = [("neck.p3", "neck.p3"), ("neck.p4", "neck.p4"), ("neck.p5", "neck.p5")]
+
+
+@register_term("neck_hints")
 class NeckHints(Term):
     """Hints on neck levels (e.g. ``neck.p3/p4/p5``) through adaptation layers, optionally imitation-masked.
 
     ``levels``: ``(teacher_layer, student_layer)`` pairs in stride order (8, 16, 32); with
     ``imitation_mask`` the i-th pair uses ``anchors[i]`` and ``strides[i]``."""
+
+    class Config(TermConfig):
+        """Hints on the detector's neck levels through adaptation layers (Chen et al.; Wang et al. mask)."""
+
+        weight: Weight = 0.5
+        levels: list[tuple[str, str]] = NECK_LEVELS
+        distance: Literal["l2", "l1"] = "l2"
+        adapter: Literal["conv1x1", "identity"] = "conv1x1"
+        imitation_mask: bool = False
+        psi: float = Field(0.5, gt=0, le=1)
+        reduction: Literal["mean", "paper"] = Field("mean", description="mean over channels and locations, or "
+                                                    "the papers' sums (Chen: per image; Wang: over the mask / 2 N_p)")
+
+        def describe(self) -> str:
+            pairs = ", ".join(f"{t}←{s}" for t, s in self.levels)
+            return f"neck_hints {pairs} via {self.adapter} ({weight_text(self.weight)})"
+
+        def hint_pairs(self) -> list[HintPair]:
+            return [HintPair(t, s, self.adapter, "none", "none", 0, f"hints.{i}.")
+                    for i, (t, s) in enumerate(self.levels)]
+
+    @classmethod
+    def from_config(cls, cfg: TermConfig, context: dict) -> NeckHints:
+        return cls(**cfg.term_args(), anchors=context.get("anchors"), strides=context.get("strides", (8, 16, 32)))
 
     def __init__(self, levels: Sequence[tuple[str, str]], distance: str = "l2", adapter: str = "conv1x1",
                  imitation_mask: bool = False, psi: float = 0.5, anchors: Any = None,

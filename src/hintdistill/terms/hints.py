@@ -19,13 +19,17 @@ dropping the class token (``adapters.tokens_to_map``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..adapters import build_adapter, tokens_to_map
 from ..errors import ShapeError
 from ..taps import Outputs, feature_key
 from .base import Term
+from .registry import HintPair, TermConfig, register_term, weight_text
 
 DISTANCES = ("l2", "l1", "smooth_l1")
 RESIZES = ("none", "interpolate", "pool")
@@ -56,8 +60,33 @@ def feature_distance(a: torch.Tensor, b: torch.Tensor, distance: str = "l2", red
     raise ShapeError(f"unknown reduction '{reduction}'; choose 'mean' or 'sum'")
 
 
+@register_term("hint")
 class HintLoss(Term):
     """FitNets hint: the teacher's ``hint`` layer guides the student's ``guided`` layer via an adapter."""
+
+    class Config(TermConfig):
+        """FitNets hint (Romero et al. 2015): teacher layer ``hint`` guides student layer ``guided``."""
+
+        hint: str
+        guided: str
+        adapter: Literal["conv1x1", "conv3x3", "regressor", "linear", "identity"] = "conv1x1"
+        adapter_activation: Literal["none", "relu"] = "none"
+        distance: Literal["l2", "l1", "smooth_l1"] = "l2"
+        reduction: Literal["mean", "sum"] = "mean"
+        resize: Literal["none", "interpolate", "pool"] = "none"
+        teacher_index: int = Field(0, ge=0)
+        tokens_to_map: bool = Field(False, description="reshape ViT token maps [B, 1+H*W, C] to [B, C, H, W], "
+                                                       "dropping the class token")
+
+        def describe(self) -> str:
+            return f"hint {self.hint} ← {self.guided} via {self.adapter} ({weight_text(self.weight)})"
+
+        def hint_pairs(self) -> list[HintPair]:
+            return [HintPair(self.hint, self.guided, self.adapter, self.adapter_activation, self.resize,
+                             self.teacher_index)]
+
+        def guided_layer(self) -> str | None:
+            return self.guided
 
     def __init__(self, hint: str, guided: str, adapter: str = "conv1x1", distance: str = "l2",
                  resize: str = "none", reduction: str = "mean", adapter_activation: str = "none",

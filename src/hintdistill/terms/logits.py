@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..errors import ShapeError
 from ..taps import Outputs
 from .base import Term
+from .registry import TermConfig, register_term
 
 
 def soft_targets(teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
@@ -40,10 +42,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperatu
     return F.kl_div(log_p_student, teacher_probs, reduction="batchmean") * temperature**2
 
 
+@register_term("ce")
 class CrossEntropy(Term):
     """Hard-label cross-entropy of the student's logits (optionally label-smoothed)."""
 
     uses_teacher = False
+
+    class Config(TermConfig):
+        """Hard-label cross-entropy."""
+
+        label_smoothing: float = Field(0.0, ge=0, lt=1)
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
@@ -53,8 +61,15 @@ class CrossEntropy(Term):
         return F.cross_entropy(student["logits"].float(), targets, label_smoothing=self.label_smoothing)
 
 
+@register_term("kd")
 class SoftTargetKD(Term):
     """Hinton et al. 2015 soft-target loss, T² · KL(teacher_T ‖ student_T); one teacher or an ensemble."""
+
+    class Config(TermConfig):
+        """Soft-target KD, T² · KL(teacher_T ‖ student_T) (Hinton et al. 2015). ``weight`` is alpha, the weight
+        of the soft term; give the ``ce`` term 1 - alpha for the usual mix."""
+
+        temperature: float = Field(4.0, gt=0)
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()

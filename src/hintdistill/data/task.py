@@ -1,0 +1,37 @@
+"""What the engine needs of a task's data, whether classification or detection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..metrics import evaluate_classifier
+
+
+@dataclass
+class TaskData:
+    """What the engine needs of a task's data, independent of classification or detection."""
+
+    kind: str
+    train_loader: Any  # callable(batch_size, augment, seed, rank, world) -> iterable with set_epoch
+    test_loader: Any
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str] = field(default_factory=list)
+    primary_metric: str = "accuracy"
+    model_defaults: dict = field(default_factory=dict)
+    context: dict = field(default_factory=dict)
+
+    def example_batch(self, n: int = 8):
+        loader = self.train_loader(n, [], 0, 0, 1)
+        return next(iter(loader))
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        if self.kind == "classification":
+            return evaluate_classifier(model, self.test_loader, device)
+        from ..detection.evaluate import evaluate_detector  # torchmetrics' mAP: loaded for detection only
+
+        return evaluate_detector(model, self.test_loader, device)

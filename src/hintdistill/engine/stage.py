@@ -1,0 +1,252 @@
+"""Training one phase (teacher, baseline or distilled student) as small steps.
+
+``PhaseTrainer.train()`` resumes a phase from its ``checkpoint.pt`` (or skips it when finished) and runs
+its stages; a ``Stage`` is one span of epochs with its own terms, trainable modules and optimizer:
+``build`` (loader, Distiller, optimizer, LR schedule), ``resume``, ``run_epoch``, ``evaluate``,
+``checkpoint`` after every epoch, ``close`` (removes its forward hooks). Resume is exact: the RNG state,
+optimizer and schedule are restored where the last finished epoch left them; a NaN loss stops the run
+with the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..build import build_terms
+from ..config import StageConfig
+from ..data.task import TaskData
+from ..distiller import Distiller
+from ..errors import ConfigError, TrainingDiverged
+from .checkpoint import atomic_save, load_state, safe_load, save_model
+from .distributed import Dist
+from .logging import MetricsLog
+from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device
+
+
+class PhaseTrainer:
+    """One phase's folder, resume state and running totals, shared by its stages; ``train()`` runs it."""
+
+    def __init__(self, phase: Phase, data: TaskData, run_dir: Path, device: torch.device, d: Dist, seed: int,
+                 amp: bool = False, log: Callable[[str], None] = print):
+        self.phase, self.data, self.device, self.d, self.seed, self.log = phase, data, device, d, seed, log
+        self.use_amp = amp and device.type == "cuda"
+        self.folder = run_dir / phase.name
+        self.ckpt_path, self.model_path = self.folder / "checkpoint.pt", self.folder / "model.pt"
+        self.state = safe_load(self.ckpt_path) if self.ckpt_path.is_file() else None
+        self.fingerprint = phase_fingerprint(phase, seed)
+        if self.state is not None and self.state.get("fingerprint", self.fingerprint) != self.fingerprint:
+            raise ConfigError(
+                f"{self.folder} holds a '{phase.name}' phase trained with other settings (model, stages or seed "
+                f"changed since). Rerun with another --output-dir, or delete {self.folder} to train this phase again."
+            )
+        state = self.state or {}
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+        self.metrics: dict = dict(state.get("last_metrics", {}))
+        # Each finished stage's terms (its trained adapters), kept for viz and the report.
+        self.stage_terms: dict[int, dict] = dict(state.get("stage_terms", {}))
+        self.total_epochs = sum(s.epochs for s in phase.stages)
+        self.metrics_log: MetricsLog | None = None
+
+    def say(self, text: str) -> None:
+        if self.d.main:
+            self.log(text)
+
+    def save(self, **fields) -> None:
+        """Write ``checkpoint.pt`` atomically (rank 0): the student, the running totals and ``fields``."""
+        if self.d.main:
+            atomic_save({"phase": self.phase.name, "spec": self.phase.spec, "student": self.phase.student.state_dict(),
+                         "elapsed_s": self.elapsed, "last_metrics": self.metrics, "stage_terms": self.stage_terms,
+                         "done": False, "fingerprint": self.fingerprint, **fields}, self.ckpt_path)
+
+    def train(self) -> dict:
+        """Train (or resume, or skip when finished) the phase; returns its final test metrics and timing."""
+        student = self.phase.student.to(self.device)
+        if self.state is not None:
+            load_state(student, self.state["student"], str(self.ckpt_path))
+            if self.state.get("done"):
+                self.say(f"[{self.phase.name}] finished earlier: loaded {self.ckpt_path}")
+                return dict(self.state["results"])
+        teachers = [t.to(self.device) for t in self.phase.teachers]
+        self.metrics_log = MetricsLog(self.folder, enabled=self.d.main)
+        first_epoch = 0
+        for index, cfg in enumerate(self.phase.stages):
+            if self.state is None or index >= self.state["stage"]:
+                Stage(self, index, cfg, teachers, first_epoch).train()
+                self.state = None  # only the first stage run resumes
+            first_epoch += cfg.epochs
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Final metrics, the deployable ``model.pt`` and the checkpoint marked done."""
+        student = self.phase.student
+        if not self.metrics:
+            self.metrics = self.data.evaluate(student, self.device)
+        # numbers and per-class tables (detection's ap50_per_class), as a teacher loaded from a checkpoint reports them
+        results = {**{k: v for k, v in self.metrics.items() if isinstance(v, (int, float, dict))},
+                   "train_s": self.elapsed}
+        if self.d.main:
+            save_model(student, self.phase.spec, self.model_path)
+        self.save(done=True, results=results)
+        self.metrics_log.close()
+        return results
+
+
+class Stage:
+    """One stage of a phase: its own terms, trainable modules, optimizer and LR schedule."""
+
+    def __init__(self, trainer: PhaseTrainer, index: int, cfg: StageConfig, teachers: list[nn.Module],
+                 first_epoch: int):
+        self.trainer, self.index, self.cfg, self.teachers = trainer, index, cfg, teachers
+        self.student = trainer.phase.student
+        self.first_epoch = first_epoch  # epochs of the phase's earlier stages
+        self.label = f"{trainer.phase.name}/{cfg.name}"
+        self.start_epoch = 0
+        self.distiller: Distiller | None = None
+
+    def _resumed_state(self) -> dict | None:
+        state = self.trainer.state
+        return state if state is not None and state["stage"] == self.index else None
+
+    def build(self) -> None:
+        """Loader, Distiller (adapters from a dry-run batch), trainable set, optimizer and LR schedule."""
+        t, cfg, device = self.trainer, self.cfg, self.trainer.device
+        state = self._resumed_state()
+        if state is not None and int(state["epoch"]) == 0 and "rng" in state:
+            torch.set_rng_state(state["rng"])  # resumed at a stage boundary: draw what an unbroken run draws
+        self.loader = t.data.train_loader(cfg.batch_size, cfg.augment, t.seed + self.index, t.d.rank, t.d.world)
+        example = to_device(t.data.example_batch()[0], device)
+        self.distiller = Distiller(self.student, self.teachers, build_terms(cfg.terms, t.data.context),
+                                   example_inputs=example)
+        self.distiller.to(device)
+        set_trainable(self.student, cfg, self.distiller, example)
+        self.optimizer = make_optimizer(cfg, self.distiller.trainable_parameters())
+        self.scheduler = make_scheduler(cfg, self.optimizer, len(self.loader))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.use_amp)
+
+    def resume(self) -> None:
+        """Continue a stage interrupted after a finished epoch: adapters, optimizer, schedule and RNG."""
+        state = self._resumed_state()
+        if state is None or int(state["epoch"]) == 0:
+            return
+        self.distiller.terms.load_state_dict(state["terms"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.trainer.say(f"[{self.label}] resuming from {self.trainer.ckpt_path} at epoch {self.start_epoch}")
+
+    def train(self) -> None:
+        """build, resume, run every remaining epoch (evaluate, log, checkpoint), close (even after an error)."""
+        t = self.trainer
+        try:
+            self.build()
+            self.resume()
+            self.model: nn.Module = self.distiller
+            if t.d.enabled:
+                self.model = nn.parallel.DistributedDataParallel(
+                    self.distiller, device_ids=[t.device.index] if t.device.type == "cuda" else None,
+                    find_unused_parameters=True)
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                means, train_s = self.run_epoch(epoch)
+                t.elapsed += train_s
+                tested = self.evaluate(epoch)
+                self.log_epoch(epoch, means, train_s, tested)
+                self.checkpoint(epoch)
+            self.keep_terms()
+        finally:
+            self.close()
+
+    def run_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
+        """One pass over the training data; returns the mean of every logged loss and the seconds it took."""
+        t0 = time.perf_counter()
+        self.distiller.train()
+        self.loader.set_epoch(self.first_epoch + epoch)
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = tqdm(self.loader, desc=f"{self.label} {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=None if self.trainer.d.main else True, file=sys.stderr)
+        for step, (x, y) in enumerate(bar):
+            losses = self.step(epoch, step, x, y)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            steps += 1
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+        return {k: v / max(steps, 1) for k, v in sums.items()}, time.perf_counter() - t0
+
+    def step(self, epoch: int, step: int, x, y) -> dict[str, torch.Tensor]:
+        """One optimizer step on one batch (AMP, gradient clipping, per-step LR); a non-finite loss stops."""
+        device, use_amp = self.trainer.device, self.trainer.use_amp
+        x, y = to_device(x, device), to_device(y, device)
+        self.distiller.set_epoch(epoch + step / len(self.loader))
+        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+            _, losses = self.model(x, y)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+            raise TrainingDiverged(
+                f"[{self.label}] loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                f"step {step + 1}/{len(self.loader)} (non-finite terms: {', '.join(bad)}). The last good "
+                f"checkpoint is kept at {self.trainer.ckpt_path}. "
+                f"Lower the learning rate ({self.cfg.optimizer.lr}) or the terms' weights, then rerun to resume."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return losses
+
+    def evaluate(self, epoch: int) -> bool:
+        """Test every ``eval_every`` epochs and after the last; returns whether this epoch was tested."""
+        tested = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+        if tested:
+            self.trainer.metrics = self.trainer.data.evaluate(self.student, self.trainer.device)
+        return tested
+
+    def log_epoch(self, epoch: int, means: dict[str, float], train_s: float, tested: bool) -> None:
+        """One record in ``metrics.jsonl`` / TensorBoard, and one line on the console (rank 0)."""
+        t = self.trainer
+        numbers = {k: v for k, v in t.metrics.items() if isinstance(v, (int, float))} if tested else {}
+        step = self.first_epoch + epoch + 1
+        record = {"phase": t.phase.name, "stage": self.cfg.name, "epoch": step,
+                  "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(train_s, 3),
+                  **{f"train/{k}": v for k, v in means.items()}, **{f"test/{k}": v for k, v in numbers.items()}}
+        for name in self.distiller.weights:
+            record[f"weight/{name}"] = self.distiller.weight(name)
+        t.metrics_log.log(record, step)
+        losses_txt = " ".join(f"{k} {v:.4f}" for k, v in means.items())
+        metric_txt = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in numbers.items()) if tested else "-"
+        t.say(f"[{self.label}] epoch {step}/{t.total_epochs} {losses_txt} | test {metric_txt} | {train_s:.1f}s")
+
+    def checkpoint(self, epoch: int) -> None:
+        """Everything needed to resume after this epoch."""
+        self.trainer.save(terms=self.distiller.terms.state_dict(), optimizer=self.optimizer.state_dict(),
+                          scheduler=self.scheduler.state_dict(), rng=torch.get_rng_state(), stage=self.index,
+                          epoch=epoch + 1)
+
+    def keep_terms(self) -> None:
+        """Keep the finished stage's adapters; a later stage resumes from its own epoch 0."""
+        t = self.trainer
+        t.stage_terms[self.index] = {k: v.detach().cpu() for k, v in self.distiller.terms.state_dict().items()}
+        if self.cfg.epochs > 0 and self.index + 1 < len(t.phase.stages):
+            t.save(rng=torch.get_rng_state(), stage=self.index + 1, epoch=0)
+
+    def close(self) -> None:
+        """Remove the stage's forward hooks and make the whole student trainable again."""
+        if self.distiller is not None:
+            self.distiller.remove_taps()
+        for p in self.student.parameters():
+            p.requires_grad_(True)

@@ -194,3 +194,16 @@ def test_detection_and_curve_figures_draw():
     assert titles == ["train/ce", "train/hint", "train/kd", "test/accuracy",
                       "distilled: term weights (weight/<term>)"]
     png_bytes(fig)
+
+
+def test_a_detection_recipe_without_hints_still_shows_its_neck_levels():
+    from hintdistill.config import recipe_from_dict
+
+    tree = {"name": "d", "task": "detection", "data": {"name": "voc", "data_dir": "x"}, "teacher": {"name": "yolo"},
+            "student": {"name": "yolo"}, "distill": [{"terms": [{"type": "chen_kd"}]}]}
+    pairs = recipe_pairs(recipe_from_dict(tree), "detection")
+    assert [(p.hint, p.guided) for p in pairs] == [("neck.p3", "neck.p3"), ("neck.p4", "neck.p4"), ("neck.p5", "neck.p5")]
+    tree["distill"][0]["terms"].append({"type": "neck_hints", "levels": [["neck.p4", "neck.p3"]]})
+    assert [(p.hint, p.guided) for p in recipe_pairs(recipe_from_dict(tree), "detection")] == [("neck.p4", "neck.p3")]
+    classification = dict(tree, task="classification", distill=[{"terms": [{"type": "ce"}]}])
+    assert recipe_pairs(recipe_from_dict(classification), "classification") == []

@@ -43,15 +43,16 @@ class LayerPair(HintPair):
 
 
 def recipe_pairs(recipe: Recipe | None, task: str) -> list[LayerPair]:
-    """The hint pairs of the recipe's distillation stages (a detector without a recipe: its neck levels)."""
-    if recipe is None:
-        return [LayerPair(t, s) for t, s in NECK_LEVELS] if task == "detection" else []
+    """The hint pairs of the recipe's distillation stages; a detector whose recipe has none (or no recipe):
+    its neck levels P3/P4/P5, so a detection run always shows the feature maps its hints would come from."""
     pairs = []
-    for si, stage in enumerate(recipe.distill):
+    for si, stage in enumerate(recipe.distill if recipe is not None else []):
         names = term_names(cfg.type for cfg in stage.terms)  # the terms' names in the Distiller
         for name, cfg in zip(names, stage.terms, strict=True):
             pairs += [LayerPair(**{**vars(p), "state_prefix": f"{name}.{p.state_prefix}"}, stage=si)
                       for p in cfg.hint_pairs()]
+    if not pairs and task == "detection":
+        return [LayerPair(t, s) for t, s in NECK_LEVELS]
     return pairs
 
 

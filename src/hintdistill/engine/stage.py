@@ -29,6 +29,7 @@ from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
 from .logging import MetricsLog
 from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device
+from .progress import LearningWatch
 
 
 class PhaseTrainer:
@@ -110,6 +111,7 @@ class Stage:
         self.label = f"{trainer.phase.name}/{cfg.name}"
         self.start_epoch = 0
         self.distiller: Distiller | None = None
+        self.watch = LearningWatch(self.label, cfg.epochs, cfg.optimizer.lr)  # warns when nothing is learned
 
     def _resumed_state(self) -> dict | None:
         state = self.trainer.state
@@ -230,6 +232,8 @@ class Stage:
         metric_txt = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in numbers.items()) if tested else "-"
         t.say(f"[{self.label}] epoch {step}/{t.total_epochs} {losses_txt} | test {metric_txt} | {train_s:.1f}s")
+        if (warning := self.watch.update(means.get("loss"), numbers if tested else None)) is not None:
+            t.say(warning)
 
     def checkpoint(self, epoch: int) -> None:
         """Everything needed to resume after this epoch."""

@@ -1,0 +1,32 @@
+"""The learning watch: a flat loss or a detector stuck near zero mAP is said once, with what to try."""
+
+from hintdistill.engine.progress import LearningWatch
+
+
+def test_a_falling_loss_gives_no_warning():
+    watch = LearningWatch("baseline/train", epochs=20, lr=0.01)
+    assert all(watch.update(1.0 - 0.05 * e, None) is None for e in range(12))
+
+
+def test_a_flat_loss_is_said_once_after_patience_epochs():
+    watch = LearningWatch("teacher/train", epochs=20, lr=0.01, patience=5)
+    losses = [0.37, 0.38, 0.39, 0.385, 0.38, 0.382, 0.39, 0.381]  # the raccoon teacher at lr 0.01
+    said = [watch.update(v, None) for v in losses]
+    assert said[:5] == [None] * 5  # not before patience + 1 epochs
+    assert said[5] is not None and "has not fallen" in said[5] and "learning rate (now 0.01)" in said[5]
+    assert said[6:] == [None, None]  # once per stage
+    # a 2 % fall over the window is learning
+    falling = LearningWatch("x", 20, 0.01, patience=5)
+    assert [falling.update(v, None) for v in [1, 1, 1, 1, 1, 0.97]][-1] is None
+
+
+def test_map_near_zero_after_a_third_of_the_epochs():
+    watch = LearningWatch("baseline/train", epochs=30, lr=0.01, patience=5)
+    for e in range(9):  # 9 < 30 / 3: too early, even at mAP 0
+        assert watch.update(1.0 - 0.1 * e, {"map50": 0.0}) is None
+    said = watch.update(0.05, {"map50": 0.004})
+    assert said is not None and "mAP@0.5 is 0.0040 after 10 of 30" in said
+    assert watch.update(0.04, {"map50": 0.0}) is None
+    healthy = LearningWatch("x", epochs=30, lr=0.04)
+    assert all(healthy.update(1.0 - 0.02 * e, {"map50": 0.2}) is None for e in range(15))
+    assert LearningWatch("c", 30, 0.05).update(0.5, {"accuracy": 0.0}) is None  # classification: no mAP rule

@@ -34,3 +34,23 @@ def test_data_sections_name_their_data():
         if not (ROOT.parent / "shared/data").exists():
             pytest.skip("the shared data folder is not here")
         assert (folder / "ImageSets/Main/train.txt").is_file()
+
+
+def test_teacher_recipes_share_the_distill_recipes_teacher_and_differ_only_in_data():
+    teachers = {d: yaml.safe_load((ROOT / "recipes" / f"{d}_yolo_teacher.yaml").read_text()) for d in DATASETS}
+    for d, t in teachers.items():
+        assert t["teacher"] == tree(d)["teacher"] and t["data"] == tree(d)["data"]
+        assert t["distill"][0]["epochs"] == 0 and load_recipe(ROOT / "recipes" / f"{d}_yolo_teacher.yaml")
+    rest = {d: {k: v for k, v in t.items() if k not in ("name", "data")} for d, t in teachers.items()}
+    assert rest["raccoon"] == rest["bccd"] == rest["synthetic"]
+
+
+def test_the_recipes_are_what_the_generator_writes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make", ROOT / "scripts/make_detection_recipes.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    for d in DATASETS:
+        for kind in ("teacher", "distill"):
+            assert (ROOT / "recipes" / f"{d}_yolo_{kind}.yaml").read_text() == make.recipe(d, kind), (d, kind)

@@ -58,6 +58,8 @@ class Distiller(nn.Module):
             Taps(t, {n for term in self.terms.values() for n in term.teacher_taps()}, f"teacher {i}")
             for i, t in enumerate(self.teachers)
         ]
+        # Stop each forward at the last tapped layer when no term reads a final output (a hint stage).
+        self.stop_early = not any(t.reads_final_output for t in self.terms.values())
         self._ready = False
         if example_inputs is not None:
             self.setup(example_inputs)
@@ -110,7 +112,7 @@ class Distiller(nn.Module):
             # A user's loop may have called .train() on the teacher or on any of its submodules
             # (the root's flag alone does not tell), so force eval on every call.
             teacher.eval()
-            outs.append(taps.run(inputs))
+            outs.append(taps.run(inputs, stop_early=self.stop_early and self._ready))
         return outs
 
     def forward(self, inputs: Any, targets: Any = None,
@@ -128,7 +130,7 @@ class Distiller(nn.Module):
         needs_teacher = any(t.uses_teacher for t in self.terms.values())
         if teacher_outputs is None:
             teacher_outputs = self.teacher_outputs(inputs) if needs_teacher else []
-        student_out = self.student_taps.run(inputs)
+        student_out = self.student_taps.run(inputs, stop_early=self.stop_early)
         losses: dict[str, torch.Tensor] = {}
         total = None
         for name, term in self.terms.items():

@@ -21,10 +21,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..build import build_terms
-from ..config import StageConfig
+from ..config import SpeedConfig, StageConfig
 from ..data.task import TaskData
 from ..distiller import Distiller
 from ..errors import ConfigError, TrainingDiverged
+from .cache import TeacherCache, cache_refusal, open_teacher_cache
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
 from .logging import MetricsLog
@@ -35,8 +36,9 @@ class PhaseTrainer:
     """One phase's folder, resume state and running totals, shared by its stages; ``train()`` runs it."""
 
     def __init__(self, phase: Phase, data: TaskData, run_dir: Path, device: torch.device, d: Dist, seed: int,
-                 amp: bool = False, log: Callable[[str], None] = print):
+                 amp: bool = False, log: Callable[[str], None] = print, speed: SpeedConfig | None = None):
         self.phase, self.data, self.device, self.d, self.seed, self.log = phase, data, device, d, seed, log
+        self.speed = speed or SpeedConfig()
         self.use_amp = amp and device.type == "cuda"
         self.folder = run_dir / phase.name
         self.ckpt_path, self.model_path = self.folder / "checkpoint.pt", self.folder / "model.pt"
@@ -110,6 +112,7 @@ class Stage:
         self.label = f"{trainer.phase.name}/{cfg.name}"
         self.start_epoch = 0
         self.distiller: Distiller | None = None
+        self.cache: TeacherCache | None = None
 
     def _resumed_state(self) -> dict | None:
         state = self.trainer.state
@@ -130,6 +133,35 @@ class Stage:
         self.optimizer = make_optimizer(cfg, self.distiller.trainable_parameters())
         self.scheduler = make_scheduler(cfg, self.optimizer, len(self.loader))
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.use_amp)
+        self.cache = self.open_cache(example)
+
+    def open_cache(self, example) -> TeacherCache | None:
+        """The teacher-output cache where the stage's mode allows it and it is safe; else None, saying why."""
+        t = self.trainer
+        mode = self.cfg.teacher_cache or t.speed.teacher_cache
+        if mode == "off":
+            return None
+        why = cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled)
+        if why is not None:
+            if mode == "on":
+                raise ConfigError(f"teacher_cache: on, but the teacher outputs of stage '{self.cfg.name}' cannot be "
+                                  f"cached: {why}. Set teacher_cache: auto (or off).")
+            if why != "no term reads the teachers":
+                t.say(f"[{self.label}] teacher cache off: {why}; the teachers run every step")
+            return None
+        folder = Path(t.speed.cache_dir) if t.speed.cache_dir else t.folder / "teacher_cache"
+        return open_teacher_cache(folder, self.loader, self.distiller, example, t.speed.cache_dtype,
+                                  t.speed.cache_topk, t.say)
+
+    def teacher_outputs(self, x) -> list | None:
+        """This batch's teacher Outputs from the cache, computed and stored on a miss; None without a cache."""
+        if self.cache is None:
+            return None
+        out = self.cache.lookup(self.loader.batch_indices, self.trainer.device)
+        if out is None:
+            out = self.distiller.teacher_outputs(x)
+            self.cache.store(self.loader.batch_indices, out)
+        return out
 
     def resume(self) -> None:
         """Continue a stage interrupted after a finished epoch: adapters, optimizer, schedule and RNG."""
@@ -180,6 +212,8 @@ class Stage:
             steps += 1
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+        if self.cache is not None:
+            self.cache.flush()  # the epoch's rows become verified blocks only now
         return {k: v / max(steps, 1) for k, v in sums.items()}, time.perf_counter() - t0
 
     def step(self, epoch: int, step: int, x, y) -> dict[str, torch.Tensor]:
@@ -188,7 +222,7 @@ class Stage:
         x, y = to_device(x, device), to_device(y, device)
         self.distiller.set_epoch(epoch + step / len(self.loader))
         with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-            _, losses = self.model(x, y)
+            _, losses = self.model(x, y, teacher_outputs=self.teacher_outputs(x))
         loss = losses["loss"]
         if not torch.isfinite(loss):
             bad = [k for k, v in losses.items() if not torch.isfinite(v)]

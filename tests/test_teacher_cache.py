@@ -127,3 +127,20 @@ def test_key_changes_with_the_teachers_weights_and_the_data(small_cnn):
     assert cache_key([teacher], "data A", "float32", None) != key
     assert cache_key([small_cnn((8, 16), seed=1)], "data B", "float32", None) != key
     assert cache_key([small_cnn((8, 16), seed=1)], "data A", "float16", None) != key
+
+
+def test_speed_options_channels_last_and_bf16_autocast(tmp_path, small_cnn):
+    _, ref_losses, _ = train(tmp_path, small_cnn, "fp32", teacher_cache="off", epochs=1)
+    student, teacher = small_cnn((4, 8), seed=0), small_cnn((8, 16), seed=1)
+    stage = StageConfig(name="kd", epochs=1, batch_size=12, terms=KD)
+    trainer = PhaseTrainer(Phase("distilled", student, {"name": "cnn", "args": {}}, [stage], [teacher]),
+                           tiny_data(), tmp_path / "fast", torch.device("cpu"), Dist(), 0, log=lambda _: None,
+                           speed=SpeedConfig(channels_last=True, autocast="bf16", teacher_cache="off"))
+    trainer.train()
+    conv = student.features.stage2[0][0].weight  # [8, 4, 3, 3]: the two layouts differ
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    line = json.loads((tmp_path / "fast" / "distilled" / "metrics.jsonl").read_text().splitlines()[0])
+    # bf16 keeps 8 bits of mantissa: the same loss to about 1%, but not bit for bit
+    assert line["train/loss"] != ref_losses[0] and abs(line["train/loss"] / ref_losses[0] - 1) < 0.02
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        train(tmp_path, small_cnn, "fp16", autocast="fp16", epochs=1)

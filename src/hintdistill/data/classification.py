@@ -310,5 +310,5 @@ def image_folder_loader(root: str, batch_size: int, train: bool, image_size: int
         sampler = torch.utils.data.distributed.DistributedSampler(ds, world, rank, shuffle=train, seed=seed)
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(ds, batch_size, shuffle=train and sampler is None, sampler=sampler,
-                                         num_workers=workers, generator=g)
+                                         num_workers=workers, generator=g, pin_memory=torch.cuda.is_available())
     return loader, ds.classes

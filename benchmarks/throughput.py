@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# --src <tree>/src measures another version of hintdistill (the BCCD step factor "before" this branch)
+SRC = sys.argv[sys.argv.index("--src") + 1] if "--src" in sys.argv else str(ROOT / "src")
+sys.path.insert(0, SRC)
 
-from hintdistill.config import SpeedConfig, StageConfig  # noqa: E402
+from hintdistill.config import StageConfig  # noqa: E402
 from hintdistill.data.classification import TensorLoader  # noqa: E402
 from hintdistill.data.task import TaskData  # noqa: E402
 from hintdistill.engine.distributed import Dist  # noqa: E402
@@ -144,6 +146,8 @@ def hand_variant(wl: Workload, kind: str):
 
 def hd_variant(wl: Workload, kind: str, folder: Path):
     """c, d, e, e1, f: hintdistill's own Stage (build, then run_epoch), as `hintdistill run` trains."""
+    from hintdistill.config import SpeedConfig
+
     terms = {"hd_student": [{"type": "ce"}],
              "hd_hint": [{"type": "hint", "hint": wl.hint, "guided": wl.hint}]}.get(
         kind, [{"type": "ce", "weight": CE_W}, {"type": "kd", "temperature": T, "weight": KD_W}])
@@ -247,7 +251,7 @@ def measure(wl: Workload, rounds: int, folder: Path) -> list[dict]:
     return out
 
 
-def yolo_step_factor(steps: int, image_size: int) -> dict:
+def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
     """BCCD YOLO-m -> YOLO-n: seconds per distilled step over seconds per step of the student alone."""
     import yaml
 
@@ -261,22 +265,26 @@ def yolo_step_factor(steps: int, image_size: int) -> dict:
     data = build_data(recipe)
     teacher = instantiate(model_spec(recipe.teachers[0], data.model_defaults))
     stages = {"alone": (recipe.baseline.model_dump(), []), "distilled": (recipe.distill[0].model_dump(), [teacher])}
-    seconds = {}
+    built, seconds = {}, {label: [] for label in stages}
     with tempfile.TemporaryDirectory() as tmp:
         for label, (cfg, teachers) in stages.items():
             cfg = StageConfig(**{**cfg, "name": label, "batch_size": 4, "epochs": 1})
             student = instantiate(model_spec(recipe.student, data.model_defaults))
             trainer = PhaseTrainer(Phase(label, student, {"name": "yolo"}, [cfg], teachers), data, Path(tmp),
                                    torch.device("cpu"), Dist(), 0, log=lambda _: None)
-            stage = Stage(trainer, 0, cfg, teachers, 0)
-            stage.build()
-            stage.model = stage.distiller
-            stage.run_epoch(0)  # warm-up
-            t0 = time.perf_counter()
-            stage.run_epoch(0)
-            seconds[label] = (time.perf_counter() - t0) / len(stage.loader)
+            built[label] = Stage(trainer, 0, cfg, teachers, 0)
+            built[label].build()
+            built[label].model = built[label].distiller
+            built[label].run_epoch(0)  # warm-up
+        for _ in range(rounds):  # interleaved: alone, distilled, alone, distilled ...
+            for label, stage in built.items():
+                t0 = time.perf_counter()
+                stage.run_epoch(0)
+                seconds[label].append((time.perf_counter() - t0) / len(stage.loader))
+        for stage in built.values():
             stage.close()
-    return {"workload": "bccd_yolo", "variant": "step_factor", "image_size": image_size,
+    seconds = {k: statistics.median(v) for k, v in seconds.items()}
+    return {"workload": "bccd_yolo", "variant": "step_factor", "image_size": image_size, "src": SRC,
             "alone_s_per_step": round(seconds["alone"], 3), "distilled_s_per_step": round(seconds["distilled"], 3),
             "factor": round(seconds["distilled"] / seconds["alone"], 2)}
 
@@ -285,6 +293,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--short", action="store_true", help="small batches and few steps (minutes on one core)")
     p.add_argument("--workloads", nargs="+", default=["fmnist_cnn", "cifar_resnet", "bccd_yolo"])
+    p.add_argument("--src", default=SRC, help="the hintdistill sources to measure (default: this checkout's)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/throughput.json"))
     a = p.parse_args()
     torch.set_num_threads(1)

@@ -284,7 +284,9 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
         for stage in built.values():
             stage.close()
     seconds = {k: statistics.median(v) for k, v in seconds.items()}
-    return {"workload": "bccd_yolo", "variant": "step_factor", "image_size": image_size, "src": SRC,
+    before = Path(SRC).resolve() != (ROOT / "src").resolve()
+    return {"workload": "bccd_yolo", "variant": "step_factor_before" if before else "step_factor",
+            "image_size": image_size, "src": SRC,
             "alone_s_per_step": round(seconds["alone"], 3), "distilled_s_per_step": round(seconds["distilled"], 3),
             "factor": round(seconds["distilled"] / seconds["alone"], 2)}
 
@@ -310,9 +312,9 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     meta = {"command": " ".join(["python benchmarks/throughput.py", *sys.argv[1:]]), "date": str(date.today()),
             "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
-            "threads": torch.get_num_threads(), "sizes": sizes}
+            "threads": torch.get_num_threads(), "batch_steps_rounds": sizes}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps([{"meta": meta}, *rows], indent=1) + "\n")
+    Path(a.out).write_text(json.dumps([{**row, "run": meta} for row in rows], indent=1) + "\n")
     print(table(rows))
 
 
@@ -320,7 +322,7 @@ def table(rows: list[dict]) -> str:
     """A markdown table of images/s with the ratios the issue's targets name."""
     lines = ["| workload | variant | images/s | peak RSS MB | spread | note |", "|---|---|---|---|---|---|"]
     for r in rows:
-        if r["variant"] == "step_factor":
+        if r["variant"].startswith("step_factor"):
             lines.append(f"| {r['workload']} | distilled/alone step | {r['factor']}x | | | "
                          f"{r['distilled_s_per_step']} s vs {r['alone_s_per_step']} s at {r['image_size']} px |")
             continue

@@ -209,3 +209,26 @@ def test_setup_probe_does_not_move_the_students_statistics(small_cnn):
     assert_identical(student, before)
     assert student.training
     assert copy.deepcopy(student).training
+
+
+def test_hint_stage_stops_both_forwards_at_the_tapped_layer(small_cnn):
+    from test_taps import count_leaf_calls
+
+    x = torch.randn(4, 1, 8, 8)
+    student, teacher = small_cnn((4, 8), seed=0), small_cnn((8, 16), seed=1)
+    counts = {}
+    for label, terms in [("hint", {"hint": (HintLoss("features.stage1", "features.stage1"), 1.0)}),
+                         ("hint+kd", {"hint": (HintLoss("features.stage1", "features.stage1"), 1.0),
+                                      "kd": (SoftTargetKD(4.0), 1.0)})]:
+        torch.manual_seed(2)
+        distiller = Distiller(student, teacher, terms, example_inputs=x)
+        (s_calls, s_handles), (t_calls, t_handles) = count_leaf_calls(student), count_leaf_calls(teacher)
+        out, losses = distiller(x)
+        counts[label] = (s_calls[0], t_calls[0], float(losses["hint"]), "logits" in out)
+        for h in s_handles + t_handles:
+            h.remove()
+        distiller.remove_taps()
+    # stage1 is conv, bn, relu: 3 leaves; the whole cnn adds stage2's 3, pool, dropout, classifier: 9
+    assert counts["hint"][:2] == (3, 3) and not counts["hint"][3]
+    assert counts["hint+kd"][:2] == (9, 9) and counts["hint+kd"][3]  # kd reads logits: full passes
+    assert counts["hint"][2] == counts["hint+kd"][2]  # same hint loss either way

@@ -264,3 +264,17 @@ def test_eval_every_tests_on_schedule_and_after_the_last_epoch(tiny_recipe, teac
     distilled = next(r for r in summary["rows"] if r["model"] == "distilled")
     assert distilled["accuracy"] == records[-1]["test/accuracy"]  # the summary is the last epoch's test
     assert any("| test - |" in line for line in lines)
+
+
+def test_a_cached_kd_run_equals_the_uncached_run(tmp_path, tiny_recipe, teacher_checkpoint, no_report):
+    """The Fashion-MNIST cnn pair (tiny widths): teacher_cache auto (the default) vs off, same seed."""
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tiny_recipe["distill"][0]["epochs"] = 3
+    cached, _ = run(tiny_recipe)
+    online = {**tiny_recipe, "output_dir": str(tmp_path / "online"), "speed": {"teacher_cache": "off"}}
+    uncached, _ = run(online)
+    assert cached["rows"][-1]["accuracy"] == uncached["rows"][-1]["accuracy"]
+    assert_same_weights(weights(tmp_path / "run" / "distilled" / "model.pt"),
+                        weights(tmp_path / "online" / "distilled" / "model.pt"))
+    assert len(list((tmp_path / "run" / "distilled" / "teacher_cache").glob("*.values"))) == 1
+    assert not (tmp_path / "online" / "distilled" / "teacher_cache").exists()

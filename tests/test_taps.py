@@ -143,3 +143,31 @@ def test_train_mode_namedtuples_with_logits_give_logits():
     out = taps.run(torch.randn(2, 3, 64, 64))
     assert set(out) == {"logits", "feat:inception3a"} and out["logits"].shape == (2, 10)
     taps.remove()
+
+
+def count_leaf_calls(model: nn.Module) -> tuple[list[int], list]:
+    """Forward pre-hooks that count how many leaf modules start running."""
+    calls = [0]
+    handles = [m.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+               for m in model.modules() if not list(m.children())]
+    return calls, handles
+
+
+def test_stop_early_runs_only_up_to_the_last_tap_and_captures_the_same_features(resnet):
+    x = torch.randn(2, 3, 32, 32)
+    taps = Taps(resnet, ["layer1", "layer2"])
+    calls, handles = count_leaf_calls(resnet)
+    with torch.no_grad():
+        full = taps.run(x)
+        full_calls = calls[0]
+        calls[0] = 0
+        early = taps.run(x, stop_early=True)
+    for h in handles:
+        h.remove()
+    # resnet18's leaves: conv1 bn1 relu maxpool (4), layer1 = 2 blocks x (conv bn relu conv bn relu) (12),
+    # layer2 adds a downsample (conv bn) to its first block (14); layer3, layer4 (14 each), avgpool, fc
+    assert full_calls == 4 + 12 + 14 + 14 + 14 + 2
+    assert calls[0] == 4 + 12 + 14
+    assert "logits" not in early and set(early) == {"feat:layer1", "feat:layer2"}
+    assert torch.equal(early["feat:layer2"], full["feat:layer2"])
+    assert taps.features == {}  # cleared after the early stop as after a full pass

@@ -67,6 +67,8 @@ class StageConfig(TrainConfig):
     name: str = "distill"
     terms: list[AnyTerm]
     trainable: Literal["all", "up_to_guided"] = "all"
+    teacher_cache: Literal["auto", "on", "off"] | None = Field(
+        None, description="this stage's teacher-output cache; unset: the recipe's speed.teacher_cache")
 
     @model_validator(mode="after")
     def _guided_needs_hint(self):
@@ -141,6 +143,24 @@ class DataConfig(Strict):
         return self
 
 
+class SpeedConfig(Strict):
+    """How fast to train (README "Speed"). Options that change the numbers are off by default."""
+
+    teacher_cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="cache the teachers' logits during the first epoch and read them afterwards; auto: "
+                            "where safe (frozen teachers, no random augmentation), on: an error where not safe")
+    cache_dir: str | None = Field(None, description="folder for the cache files (shared between runs); "
+                                                    "default: <run>/<phase>/teacher_cache")
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="float16 halves the file but rounds the teacher's logits (changes the numbers)")
+    cache_topk: int | None = Field(None, gt=0, description="keep only the k largest logits per sample (and the "
+                                                           "log-sum-exp; the other classes share the rest)")
+    channels_last: bool = False
+    autocast: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA, with a gradient scaler)")
+    compile: bool = Field(False, description="torch.compile the student (taps on the student disable it)")
+
+
 class Recipe(Strict):
     name: str
     task: Literal["classification", "detection"] = "classification"
@@ -155,6 +175,7 @@ class Recipe(Strict):
     distill: list[StageConfig] = Field(min_length=1)
     eval_batch_size: int = Field(512, gt=0)
     latency_batch: int = Field(1, gt=0)
+    speed: SpeedConfig = SpeedConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -58,6 +58,8 @@ class Distiller(nn.Module):
             Taps(t, {n for term in self.terms.values() for n in term.teacher_taps()}, f"teacher {i}")
             for i, t in enumerate(self.teachers)
         ]
+        # Stop each forward at the last tapped layer when no term reads a final output (a hint stage).
+        self.stop_early = not any(t.reads_final_output for t in self.terms.values())
         self._ready = False
         if example_inputs is not None:
             self.setup(example_inputs)
@@ -103,15 +105,18 @@ class Distiller(nn.Module):
         return [p for p in params if p.requires_grad]
 
     # -- forward -------------------------------------------------------------------------------
-    @torch.no_grad()
     def teacher_outputs(self, inputs: Any) -> list[Outputs]:
+        """Every teacher's Outputs, computed under ``torch.inference_mode`` (no autograd bookkeeping at all)."""
         outs = []
-        for teacher, taps in zip(self.teachers, self.teacher_taps, strict=True):
-            # A user's loop may have called .train() on the teacher or on any of its submodules
-            # (the root's flag alone does not tell), so force eval on every call.
-            teacher.eval()
-            outs.append(taps.run(inputs))
-        return outs
+        with torch.inference_mode():
+            for teacher, taps in zip(self.teachers, self.teacher_taps, strict=True):
+                # A user's loop may have called .train() on the teacher or on any of its submodules
+                # (the root's flag alone does not tell), so force eval on every call.
+                teacher.eval()
+                outs.append(taps.run(inputs, stop_early=self.stop_early and self._ready))
+        # Inference tensors cannot be saved for the student's backward (a hint's MSE saves its target):
+        # a clone outside inference mode is an ordinary tensor, and costs far less than the forward.
+        return [{k: v.clone() for k, v in out.items()} for out in outs]
 
     def forward(self, inputs: Any, targets: Any = None,
                 teacher_outputs: list[Outputs] | None = None) -> tuple[Outputs, dict[str, torch.Tensor]]:
@@ -128,7 +133,7 @@ class Distiller(nn.Module):
         needs_teacher = any(t.uses_teacher for t in self.terms.values())
         if teacher_outputs is None:
             teacher_outputs = self.teacher_outputs(inputs) if needs_teacher else []
-        student_out = self.student_taps.run(inputs)
+        student_out = self.student_taps.run(inputs, stop_early=self.stop_early)
         losses: dict[str, torch.Tensor] = {}
         total = None
         for name, term in self.terms.items():

@@ -16,6 +16,10 @@ from torch import nn
 
 from .errors import ShapeError
 
+
+class _AllTapped(Exception):
+    """Raised from the hook that captures the last needed output, to end a forward early (caught in run)."""
+
 Outputs = dict[str, torch.Tensor]
 """What one forward pass produced, by name: ``logits``; ``head:0..N`` for a detector's raw per-level
 maps ``[B, A, H, W, 5+C]``; ``feat:<module.path>`` for every tapped module."""
@@ -87,6 +91,7 @@ class Taps:
         self.role = role
         self.features: dict[str, torch.Tensor] = {}
         self._running = False  # hooks record only inside run(): a plain model(x) (evaluation) leaves nothing
+        self._stop_early = False
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         for name in names:
             self.add(name)
@@ -104,6 +109,8 @@ class Taps:
             tensor = _first_tensor(output) if self._running else None
             if tensor is not None:
                 self.features[_name] = tensor
+                if self._stop_early and len(self.features) == len(self._handles):
+                    raise _AllTapped  # nothing above this layer is read: skip the rest of the forward
 
         self._handles[name] = module.register_forward_hook(hook)
 
@@ -116,12 +123,21 @@ class Taps:
         self._handles.clear()
         self.clear()
 
-    def run(self, *args, **kwargs) -> Outputs:
-        """Forward the model and return its Outputs plus every tapped feature."""
+    def run(self, *args, stop_early: bool = False, **kwargs) -> Outputs:
+        """Forward the model and return its Outputs plus every tapped feature.
+
+        ``stop_early``: end the forward once every tapped module has run (its first call); the Outputs
+        then hold only the ``feat:`` entries, no ``logits``. Layers above the last tap do not run, so
+        their batch-norm running statistics do not see the batch either.
+        """
         self.clear()
         self._running = True
+        self._stop_early = stop_early and bool(self._handles)
         try:
-            outputs = outputs_from(self.model(*args, **kwargs))
+            try:
+                outputs = outputs_from(self.model(*args, **kwargs))
+            except _AllTapped:
+                outputs = {}
             for name in self._handles:
                 if name not in self.features:
                     raise ShapeError(
@@ -133,6 +149,7 @@ class Taps:
         finally:
             # Drop references right away so nothing stale survives into the next step or into eval.
             self._running = False
+            self._stop_early = False
             self.clear()
 
 

@@ -10,6 +10,7 @@ Downloads (through torchvision) happen only where ``download: true`` and the net
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 from collections.abc import Iterator
@@ -181,6 +182,26 @@ class TensorLoader:
     def __post_init__(self):
         self._mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std).view(1, -1, 1, 1)
+        # The data set indices of the batch last yielded: the teacher cache keys its rows by them.
+        self.batch_indices = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def dataset_size(self) -> int:
+        """Samples in the whole data set (what ``batch_indices`` index), before any DDP split."""
+        return len(self.labels)
+
+    @property
+    def random_augment(self) -> list[str]:
+        """The random augmentations applied to every input (the teachers' too): a cache must refuse them."""
+        return list(self.augment)
+
+    def cache_identity(self) -> str:
+        """What decides a sample's teacher input: the images' and labels' content, count and normalization."""
+        digest = hashlib.blake2b(digest_size=16)
+        for t in (self.images, self.labels):
+            digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+            digest.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return f"tensors {digest.hexdigest()} normalize mean={self.mean} std={self.std}"
 
     def __len__(self) -> int:
         return -(-self.num_examples // self.batch_size)
@@ -203,6 +224,7 @@ class TensorLoader:
         order = order[: self.num_examples * self.world][self.rank :: self.world]
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
+            self.batch_indices = idx
             # Augment before normalizing, so the pixels shifted in by jitter/crop are black (0), not the mean.
             x = self.images[idx].float()
             if "jitter" in self.augment:
@@ -288,5 +310,5 @@ def image_folder_loader(root: str, batch_size: int, train: bool, image_size: int
         sampler = torch.utils.data.distributed.DistributedSampler(ds, world, rank, shuffle=train, seed=seed)
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(ds, batch_size, shuffle=train and sampler is None, sampler=sampler,
-                                         num_workers=workers, generator=g)
+                                         num_workers=workers, generator=g, pin_memory=torch.cuda.is_available())
     return loader, ds.classes

@@ -77,7 +77,8 @@ class EpochLoader:
         self.sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed) if world > 1 else None
         self.loader = DataLoader(dataset, batch_size, shuffle=shuffle and self.sampler is None,
                                  sampler=self.sampler, generator=self.generator, num_workers=workers,
-                                 collate_fn=detection_collate, drop_last=False)
+                                 collate_fn=detection_collate, drop_last=False,
+                                 pin_memory=torch.cuda.is_available())  # page-locked: async host-to-GPU copies
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed + epoch)

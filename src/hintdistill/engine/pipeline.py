@@ -82,7 +82,7 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
                 log(f"[{name}] loaded {tcfg.checkpoint}")
         else:
             result = PhaseTrainer(Phase(name, model, spec, [as_stage(tcfg.train, "train")]), data, run_dir,
-                                  device, d, recipe.seed + i, recipe.amp, log).train()
+                                  device, d, recipe.seed + i, recipe.amp, log, recipe.speed).train()
         teachers.append(model)
         rows.append(summary_row(name, model, spec, result, data, recipe))
     barrier(d)
@@ -92,13 +92,13 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         seed_everything(recipe.seed)  # the baseline and distilled students start from the same weights
         baseline = instantiate(student_spec)
         result = PhaseTrainer(Phase("baseline", baseline, student_spec, [as_stage(recipe.baseline, "train")]),
-                              data, run_dir, device, d, recipe.seed, recipe.amp, log).train()
+                              data, run_dir, device, d, recipe.seed, recipe.amp, log, recipe.speed).train()
         rows.append(summary_row("baseline", baseline, student_spec, result, data, recipe))
 
     seed_everything(recipe.seed)
     student = instantiate(student_spec)
     result = PhaseTrainer(Phase("distilled", student, student_spec, recipe.distill, teachers), data, run_dir,
-                          device, d, recipe.seed, recipe.amp, log).train()
+                          device, d, recipe.seed, recipe.amp, log, recipe.speed).train()
     rows.append(summary_row("distilled", student, student_spec, result, data, recipe))
 
     summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device), "rows": rows}

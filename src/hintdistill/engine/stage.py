@@ -21,10 +21,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..build import build_terms
-from ..config import StageConfig
+from ..config import SpeedConfig, StageConfig
 from ..data.task import TaskData
 from ..distiller import Distiller
 from ..errors import ConfigError, TrainingDiverged
+from .cache import TeacherCache, cache_refusal, open_teacher_cache
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
 from .logging import MetricsLog
@@ -36,9 +37,10 @@ class PhaseTrainer:
     """One phase's folder, resume state and running totals, shared by its stages; ``train()`` runs it."""
 
     def __init__(self, phase: Phase, data: TaskData, run_dir: Path, device: torch.device, d: Dist, seed: int,
-                 amp: bool = False, log: Callable[[str], None] = print):
+                 amp: bool = False, log: Callable[[str], None] = print, speed: SpeedConfig | None = None):
         self.phase, self.data, self.device, self.d, self.seed, self.log = phase, data, device, d, seed, log
-        self.use_amp = amp and device.type == "cuda"
+        self.speed = speed or SpeedConfig()
+        self.use_amp = (amp or self.speed.autocast == "fp16") and device.type == "cuda"  # fp16 + grad scaler
         self.folder = run_dir / phase.name
         self.ckpt_path, self.model_path = self.folder / "checkpoint.pt", self.folder / "model.pt"
         self.state = safe_load(self.ckpt_path) if self.ckpt_path.is_file() else None
@@ -112,6 +114,7 @@ class Stage:
         self.start_epoch = 0
         self.distiller: Distiller | None = None
         self.watch = LearningWatch(self.label, cfg.epochs, cfg.optimizer.lr)  # warns when nothing is learned
+        self.cache: TeacherCache | None = None
 
     def _resumed_state(self) -> dict | None:
         state = self.trainer.state
@@ -132,6 +135,65 @@ class Stage:
         self.optimizer = make_optimizer(cfg, self.distiller.trainable_parameters())
         self.scheduler = make_scheduler(cfg, self.optimizer, len(self.loader))
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.use_amp)
+        self.cache = self.open_cache(example)
+        self.apply_speed_options()
+
+    def apply_speed_options(self) -> None:
+        """channels_last and torch.compile, where the recipe's speed block asks for them."""
+        speed = self.trainer.speed
+        if speed.autocast == "fp16" and self.trainer.device.type != "cuda":
+            raise ConfigError("speed.autocast: fp16 needs a CUDA device; on a CPU use bf16 (or off)")
+        if speed.channels_last:
+            for model in [self.student, *self.teachers]:
+                model.to(memory_format=torch.channels_last)
+        if speed.compile:
+            if self.distiller.student_taps.names:
+                self.trainer.say(f"[{self.label}] speed.compile skipped: the terms tap the student's layers")
+            else:
+                self.student.compile()  # in place: hooks, state_dict keys and checkpoints stay as they are
+
+    def memory_format(self, x):
+        """Images as channels_last when the speed block asks for it (the models were converted in build)."""
+        if self.trainer.speed.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        """The step's mixed-precision context: fp16 on CUDA (``amp``/``autocast: fp16``), bf16 where asked."""
+        t = self.trainer
+        if t.use_amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        if t.speed.autocast == "bf16":
+            return torch.autocast(t.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def open_cache(self, example) -> TeacherCache | None:
+        """The teacher-output cache where the stage's mode allows it and it is safe; else None, saying why."""
+        t = self.trainer
+        mode = self.cfg.teacher_cache or t.speed.teacher_cache
+        if mode == "off":
+            return None
+        why = cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled)
+        if why is not None:
+            if mode == "on":
+                raise ConfigError(f"teacher_cache: on, but the teacher outputs of stage '{self.cfg.name}' cannot be "
+                                  f"cached: {why}. Set teacher_cache: auto (or off).")
+            if why != "no term reads the teachers":
+                t.say(f"[{self.label}] teacher cache off: {why}; the teachers run every step")
+            return None
+        folder = Path(t.speed.cache_dir) if t.speed.cache_dir else t.folder / "teacher_cache"
+        return open_teacher_cache(folder, self.loader, self.distiller, example, t.speed.cache_dtype,
+                                  t.speed.cache_topk, t.say)
+
+    def teacher_outputs(self, x) -> list | None:
+        """This batch's teacher Outputs from the cache, computed and stored on a miss; None without a cache."""
+        if self.cache is None:
+            return None
+        out = self.cache.lookup(self.loader.batch_indices, self.trainer.device)
+        if out is None:
+            out = self.distiller.teacher_outputs(x)
+            self.cache.store(self.loader.batch_indices, out)
+        return out
 
     def resume(self) -> None:
         """Continue a stage interrupted after a finished epoch: adapters, optimizer, schedule and RNG."""
@@ -171,26 +233,29 @@ class Stage:
         t0 = time.perf_counter()
         self.distiller.train()
         self.loader.set_epoch(self.first_epoch + epoch)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         steps = 0
         bar = tqdm(self.loader, desc=f"{self.label} {epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=None if self.trainer.d.main else True, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
             losses = self.step(epoch, step, x, y)
+            # summed on the device in float64 (what float() additions gave): read once, after the epoch
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
             steps += 1
-            if step % 20 == 0:
+            if step % 20 == 0 and not bar.disable:  # a progress bar on a terminal is worth a host sync
                 bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
-        return {k: v / max(steps, 1) for k, v in sums.items()}, time.perf_counter() - t0
+        if self.cache is not None:
+            self.cache.flush()  # the epoch's rows become verified blocks only now
+        return {k: float(v) / max(steps, 1) for k, v in sums.items()}, time.perf_counter() - t0
 
     def step(self, epoch: int, step: int, x, y) -> dict[str, torch.Tensor]:
         """One optimizer step on one batch (AMP, gradient clipping, per-step LR); a non-finite loss stops."""
-        device, use_amp = self.trainer.device, self.trainer.use_amp
-        x, y = to_device(x, device), to_device(y, device)
+        device = self.trainer.device
+        x, y = self.memory_format(to_device(x, device)), to_device(y, device)
         self.distiller.set_epoch(epoch + step / len(self.loader))
-        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-            _, losses = self.model(x, y)
+        with self.autocast():
+            _, losses = self.model(x, y, teacher_outputs=self.teacher_outputs(x))
         loss = losses["loss"]
         if not torch.isfinite(loss):
             bad = [k for k, v in losses.items() if not torch.isfinite(v)]
@@ -252,5 +317,7 @@ class Stage:
         """Remove the stage's forward hooks and make the whole student trainable again."""
         if self.distiller is not None:
             self.distiller.remove_taps()
+        if self.trainer.speed.compile:
+            self.student._compiled_call_impl = None  # undo Module.compile(): evaluation and export run eager
         for p in self.student.parameters():
             p.requires_grad_(True)

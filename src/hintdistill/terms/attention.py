@@ -38,6 +38,8 @@ def attention_map(feature: torch.Tensor, p: float = 2.0, size: tuple[int, int] |
 class AttentionTransfer(Term):
     """Zagoruyko & Komodakis 2017: the student's spatial attention maps match the teacher's, pair by pair."""
 
+    reads_final_output = False  # only feat: outputs: forward passes stop at the last tapped layer
+
     class Config(TermConfig):
         """Attention transfer on (teacher_layer, student_layer) pairs; beta defaults to 1000 / len(pairs)."""
 

@@ -32,6 +32,10 @@ class Term(nn.Module):
     """Base class: declares taps, builds adapters from probed shapes, computes one scalar loss."""
 
     uses_teacher: bool = True
+    # Whether the term reads a model's final output (``logits``, ``head:i``). A term that reads only
+    # ``feat:<name>`` sets it False, so a stage made of such terms stops each forward pass once the last
+    # tapped module has run (``Taps.run(stop_early=True)``) instead of paying for the layers above it.
+    reads_final_output: bool = True
     type_name: str = ""  # the recipe ``type``, set by ``register_term``
 
     @classmethod

@@ -64,6 +64,8 @@ def feature_distance(a: torch.Tensor, b: torch.Tensor, distance: str = "l2", red
 class HintLoss(Term):
     """FitNets hint: the teacher's ``hint`` layer guides the student's ``guided`` layer via an adapter."""
 
+    reads_final_output = False  # only feat: outputs: forward passes stop at the last tapped layer
+
     class Config(TermConfig):
         """FitNets hint (Romero et al. 2015): teacher layer ``hint`` guides student layer ``guided``."""
 

@@ -46,6 +46,8 @@ def standardize(feature: torch.Tensor) -> torch.Tensor:
 class PearsonKD(Term):
     """Cao et al. 2022: MSE between per-channel standardised teacher and student feature maps, per level."""
 
+    reads_final_output = False  # only feat: outputs: forward passes stop at the last tapped layer
+
     class Config(TermConfig):
         """PKD on (teacher_layer, student_layer) pairs (default: the YOLO neck levels)."""
 

@@ -1,0 +1,234 @@
+"""Teacher-output cache (offline KD): each sample's teacher logits, stored while the first epoch trains.
+
+A frozen teacher given the same input every epoch gives the same logits every epoch, so later epochs
+read them from a file instead of running the teacher. The cache is keyed by a fingerprint of the
+teachers' weights, the training data's content and the teacher-side transform (``cache_key``); its rows
+are indexed by the data set's sample index (the loader's ``batch_indices``).
+
+Files, for a key K, in the cache folder (nothing in them is unpickled):
+
+- ``K.values`` raw ``numpy.memmap`` ``[N, teachers, C]`` (or ``[N, teachers, k + 1]`` with top-k: the k
+  largest logits and the log-sum-exp of all); with top-k also ``K.classes`` ``[N, teachers, k]`` int32;
+- ``K.json``: format, key, shapes, dtype, and a CRC-32 per block of ``BLOCK`` samples, recorded only once
+  every sample of the block is written and flushed (``flush``, at the end of every epoch).
+
+A run killed mid-epoch leaves blocks without a checksum: their samples count as missing and are computed
+again (and the cache completed) on the next epoch; a block whose bytes no longer match its checksum is
+recomputed too. A cache is never read for a sample it has not verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..taps import Outputs
+
+FORMAT = "hintdistill-teacher-cache-1"
+BLOCK = 1024  # samples per checksummed block
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hash of a model's class and every parameter and buffer (names, shapes, dtypes, bytes)."""
+    digest = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=16)
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(teachers: list[nn.Module], data_identity: str, dtype: str, topk: int | None) -> str:
+    """The file name stem: teachers' weights, data content and teacher transform, storage layout."""
+    blob = json.dumps({"format": FORMAT, "teachers": [model_fingerprint(t) for t in teachers],
+                       "data": data_identity, "dtype": dtype, "topk": topk})
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def encode_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, C]`` logits as (the k largest plus the log-sum-exp ``[B, k + 1]``, their classes ``[B, k]``)."""
+    values, classes = logits.float().topk(k, dim=1)
+    return torch.cat([values, logits.float().logsumexp(1, keepdim=True)], 1), classes.int()
+
+
+def decode_topk(values: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Logits whose softmax keeps the stored top-k probabilities exactly and spreads the remaining mass
+    evenly over the other classes (Shen & Xing 2022 keep top-k soft labels the same way)."""
+    top, lse = values[:, :-1].float(), values[:, -1:].float()
+    k = top.shape[1]
+    if k >= num_classes:
+        return torch.empty(top.shape[0], num_classes).scatter_(1, classes.long(), top)
+    rest = (1 - (top - lse).exp().sum(1, keepdim=True)).clamp_min(1e-12) / (num_classes - k)
+    full = (rest.log() + lse).expand(-1, num_classes).clone()
+    return full.scatter_(1, classes.long(), top)
+
+
+class TeacherCache:
+    """Per-sample teacher logits in memory-mapped files; ``lookup`` a batch, ``store`` it, ``flush``."""
+
+    def __init__(self, folder: Path, key: str, num_samples: int, num_teachers: int, num_classes: int,
+                 dtype: str = "float32", topk: int | None = None, log=print):
+        self.folder, self.key, self.log = Path(folder), key, log
+        self.num_classes, self.topk = num_classes, topk if topk and topk < num_classes else None
+        width = num_classes if self.topk is None else self.topk + 1
+        self.shape = (num_samples, num_teachers, width)
+        self.dtype = np.dtype(dtype)
+        self.header_path = self.folder / f"{key}.json"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.filled = np.zeros(num_samples, dtype=bool)
+        self.checksums: dict[str, int] = {}
+        header = self._read_header()
+        mode = "r+" if header is not None else "w+"
+        self.values = np.memmap(self.folder / f"{key}.values", self.dtype, mode, shape=self.shape)
+        self.classes = None if self.topk is None else np.memmap(
+            self.folder / f"{key}.classes", np.int32, mode, shape=(num_samples, num_teachers, self.topk))
+        if header is not None:
+            self._verify(header["blocks"])
+        if mode == "w+":
+            self._write_header()
+
+    # -- files ------------------------------------------------------------------------------------
+    def _expected(self) -> dict:
+        return {"format": FORMAT, "key": self.key, "shape": list(self.shape), "dtype": self.dtype.name,
+                "topk": self.topk, "block": BLOCK}
+
+    def _read_header(self) -> dict | None:
+        """The header when it and the data files match this cache's layout; None starts a new cache."""
+        files = [self.folder / f"{self.key}.values"] + ([self.folder / f"{self.key}.classes"] if self.topk else [])
+        if not self.header_path.is_file() or not all(f.is_file() for f in files):
+            return None
+        sizes = [int(np.prod(self.shape)) * self.dtype.itemsize] + (
+            [int(np.prod(self.shape[:2])) * self.topk * 4] if self.topk else [])
+        if [f.stat().st_size for f in files] != sizes:
+            self.log(f"teacher cache {self.header_path}: data files have the wrong size; rebuilding it")
+            return None
+        try:
+            header = json.loads(self.header_path.read_text())
+            ok = {k: header.get(k) for k in self._expected()} == self._expected()
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            self.log(f"teacher cache {self.header_path}: unreadable or another layout; rebuilding it")
+            return None
+        return header
+
+    def _write_header(self) -> None:
+        tmp = self.header_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({**self._expected(), "blocks": self.checksums}))
+        os.replace(tmp, self.header_path)  # atomic: a killed run leaves the old header or the new one
+
+    def _block_crc(self, b: int) -> int:
+        lo, hi = b * BLOCK, min((b + 1) * BLOCK, self.shape[0])
+        crc = zlib.crc32(np.ascontiguousarray(self.values[lo:hi]).tobytes())
+        if self.classes is not None:
+            crc = zlib.crc32(np.ascontiguousarray(self.classes[lo:hi]).tobytes(), crc)
+        return crc
+
+    def _verify(self, blocks: dict) -> None:
+        """Trust exactly the blocks whose bytes match their recorded checksum."""
+        bad = 0
+        for b, crc in blocks.items():
+            if self._block_crc(int(b)) == crc:
+                self.checksums[b] = crc
+                self.filled[int(b) * BLOCK : (int(b) + 1) * BLOCK] = True
+            else:
+                bad += 1
+        if bad:
+            self.log(f"teacher cache {self.header_path}: {bad} block(s) do not match their checksum; "
+                     f"recomputing those samples")
+        if not self.complete:
+            self.log(f"teacher cache {self.header_path}: {int(self.filled.sum())} of {self.shape[0]} samples "
+                     f"verified; the rest are computed and stored during the next epoch")
+
+    # -- use --------------------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return bool(self.filled.all())
+
+    @property
+    def bytes_per_sample(self) -> float:
+        """Data bytes per sample (values, and classes with top-k)."""
+        extra = 0 if self.classes is None else self.classes[0].nbytes
+        return float(self.values[0].nbytes + extra)
+
+    def lookup(self, indices: torch.Tensor, device: torch.device) -> list[Outputs] | None:
+        """The teachers' Outputs for these samples, or None unless every one of them is verified or stored."""
+        idx = indices.numpy()
+        if not self.filled[idx].all():
+            return None
+        values = torch.from_numpy(self.values[idx]).float()
+        outs = []
+        for i in range(self.shape[1]):
+            if self.classes is None:
+                logits = values[:, i]
+            else:
+                logits = decode_topk(values[:, i], torch.from_numpy(self.classes[idx][:, i]), self.num_classes)
+            outs.append({"logits": logits.to(device, non_blocking=True)})
+        return outs
+
+    def store(self, indices: torch.Tensor, teacher_outputs: list[Outputs]) -> None:
+        """Write these samples' rows (data first; a block counts as filled only after ``flush``)."""
+        new = ~self.filled[indices.numpy()]  # a verified row is never rewritten (its checksum stays valid)
+        idx = indices.numpy()[new]
+        if not len(idx):
+            return
+        for i, out in enumerate(teacher_outputs):
+            logits = out["logits"].detach().float().cpu()[torch.from_numpy(new)]
+            if self.classes is None:
+                self.values[idx, i] = logits.numpy().astype(self.dtype)
+            else:
+                values, classes = encode_topk(logits, self.topk)
+                self.values[idx, i] = values.numpy().astype(self.dtype)
+                self.classes[idx, i] = classes.numpy()
+        self.filled[idx] = True
+
+    def flush(self) -> None:
+        """Write the data to disk, then checksum every newly completed block into the header."""
+        self.values.flush()
+        if self.classes is not None:
+            self.classes.flush()
+        new = False
+        for b in range(-(-self.shape[0] // BLOCK)):
+            if str(b) not in self.checksums and self.filled[b * BLOCK : (b + 1) * BLOCK].all():
+                self.checksums[str(b)] = self._block_crc(b)
+                new = True
+        if new:
+            self._write_header()
+
+
+def cache_refusal(loader, distiller, kind: str, distributed: bool) -> str | None:
+    """Why this stage's teacher outputs cannot be cached safely, or None where they can."""
+    if not distiller.teachers or not any(t.uses_teacher for t in distiller.terms.values()):
+        return "no term reads the teachers"
+    tapped = sorted({n for taps in distiller.teacher_taps for n in taps.names})
+    if tapped:
+        return f"the terms read teacher features ({', '.join(tapped)}); only logits are cached"
+    if kind == "detection":
+        return ("detection teachers' head maps are not cached (about 0.3 MB per 416x416 image in float32, and "
+                "the training batches are randomly augmented)")
+    if not hasattr(loader, "cache_identity"):
+        return (f"the training loader ({type(loader).__name__}) does not expose each batch's sample indices "
+                f"(the built-in in-memory data sets do)")
+    if loader.random_augment:
+        return (f"the training loader applies random augmentation ({', '.join(loader.random_augment)}) to the "
+                f"teachers' input, which differs every epoch")
+    if distributed:
+        return "distributed training (each process would write the same cache files)"
+    return None
+
+
+def open_teacher_cache(folder: Path, loader, distiller, example, dtype: str, topk: int | None,
+                       log=print) -> TeacherCache:
+    """The cache for this loader's samples and the distiller's teachers (probed on one example batch)."""
+    probe = distiller.teacher_outputs(example)
+    if any(set(out) != {"logits"} for out in probe):
+        raise ValueError(f"teacher outputs {[sorted(o) for o in probe]}: only a single 'logits' is cached")
+    key = cache_key(list(distiller.teachers), loader.cache_identity(), dtype, topk)
+    return TeacherCache(folder, key, loader.dataset_size, len(probe), probe[0]["logits"].shape[1], dtype, topk, log)

@@ -19,7 +19,6 @@ can use logits). So a ``new_coords=1, scale_x_y=2`` head decodes exactly as YOLO
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..detection.heads import HeadSpec, decode_level
 from ..errors import ConfigError
 from .darknet_cfg import (
     Layer,
@@ -127,18 +127,6 @@ class YoloLayer(nn.Module):
         return x.view(b, self.num_anchors, self.num_outputs, h, w).permute(0, 1, 3, 4, 2)
 
 
-@dataclass(frozen=True)
-class HeadSpec:
-    """One detection level: the Darknet layer index of its ``[yolo]``, stride, anchors (w, h input pixels)."""
-
-    layer: int
-    stride: int
-    anchors: tuple[tuple[float, float], ...]
-    decoding: str  # "darknet" (exp) or "darknet_new_coords" ((2σ)²)
-    scale_x_y: float
-    num_classes: int
-
-
 def _module(layer: Layer, network: Network) -> nn.Module:
     p = layer.params
     if layer.kind == "convolutional":
@@ -169,9 +157,9 @@ class DarknetModel(nn.Module):
         self._kept = {i for layer in network.layers for i in layer.inputs if i != layer.index - 1}
         heads = sorted(network.heads, key=lambda h: network.layers[h.index - 1].stride)  # stable: cfg order on ties
         self._head_order = [h.index for h in heads]
-        self.head_specs = [HeadSpec(h.index, network.layers[h.index - 1].stride, tuple(h.params["anchors"]),
+        self.head_specs = [HeadSpec(network.layers[h.index - 1].stride, tuple(h.params["anchors"]),
                                     "darknet_new_coords" if h.params["new_coords"] else "darknet",
-                                    h.params["scale_x_y"], h.params["classes"]) for h in heads]
+                                    h.params["scale_x_y"], h.index, h.params["classes"]) for h in heads]
         self.num_classes = self.head_specs[0].num_classes
         self.input_size = (network.height, network.width)  # [net]'s size; multiples of the largest stride run too
         # derived from the cfg, so not in the state_dict; buffers so they follow .to(device)
@@ -207,19 +195,7 @@ class DarknetModel(nn.Module):
 
     def decode_level(self, raw: torch.Tensor, level: int) -> torch.Tensor:
         """One level's raw map → ``[B, A, H, W, 5+C]``: ``x1, y1, x2, y2`` (input pixels), objectness, classes."""
-        spec = self.head_specs[level]
-        _, _, h, w, _ = raw.shape
-        jj, ii = torch.meshgrid(torch.arange(h, device=raw.device), torch.arange(w, device=raw.device),
-                                indexing="ij")
-        grid = torch.stack([ii, jj], dim=-1).to(raw.dtype)
-        s = spec.scale_x_y
-        xy = (raw[..., :2].sigmoid() * s - (s - 1) / 2 + grid) * spec.stride
-        anchors = self.level_anchors[level].to(raw.device, raw.dtype).view(1, -1, 1, 1, 2)
-        if spec.decoding == "darknet_new_coords":
-            wh = (2 * raw[..., 2:4].sigmoid()) ** 2 * anchors
-        else:
-            wh = raw[..., 2:4].exp() * anchors
-        return torch.cat([xy - wh / 2, xy + wh / 2, raw[..., 4:].sigmoid()], dim=-1)
+        return decode_level(raw, self.head_specs[level])
 
     def decode(self, raw_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Raw maps → ``[B, N, 5+C]``: ``x1, y1, x2, y2`` (input pixels), objectness, class probabilities."""

@@ -127,3 +127,12 @@ def head_differences(student: Sequence[HeadSpec], teacher: Sequence[HeadSpec]) -
              for pa, pb in zip(s.anchors, t.anchors, strict=True) for a, b in zip(pa, pb, strict=True)):
         out.append(f"anchor sizes: student {describe(student)}; teacher {describe(teacher)}")
     return out
+
+
+def heads_context(context: dict, student: Any, teachers: Sequence[Any]) -> dict:
+    """A term context with the actual models' heads (``heads``: the student's, ``teacher_heads``: one entry per
+    teacher, None for a non-detector), which the detection terms prefer to the task's ``anchors``/``strides``."""
+    heads = model_heads(student)
+    if heads is None:
+        return context
+    return {**context, "heads": heads, "teacher_heads": [model_heads(t) for t in teachers]}

@@ -234,10 +234,39 @@ def edit_heads(sections: list, num_classes: int | None, anchors: Any) -> None:
             conv.options["filters"] = str(n_mask * (5 + num_classes))
 
 
+def _per_level(anchors: Any) -> bool:
+    """Anchors given per level (``[[[w, h], ...], ...]``, e.g. a teacher's) rather than as one list of pairs."""
+    return isinstance(anchors, (list, tuple)) and bool(anchors) and isinstance(anchors[0], (list, tuple)) \
+        and bool(anchors[0]) and isinstance(anchors[0][0], (list, tuple))
+
+
+def set_level_anchors(sections: list, levels: Sequence[Sequence[Sequence[float]]]) -> None:
+    """Write per-level anchors (levels by stride ascending, as ``head_specs``) into each ``[yolo]``'s masked
+    anchor slots; a different number of levels or of anchors per level is a ConfigError saying which."""
+    network = network_from_sections(sections)
+    heads = sorted(network.heads, key=lambda h: network.layers[h.index - 1].stride)
+    counts = [len(h.params["anchors"]) for h in heads]
+    if [len(level) for level in levels] != counts:
+        raise ConfigError(f"{network.sections[0].source}: {len(levels)} levels with {[len(v) for v in levels]} "
+                          f"anchors given, but the cfg's heads (by stride) have {counts}; anchors per level must "
+                          f"line up (give all pairs as one list, or anchors: cfg)")
+    for head, level in zip(heads, levels, strict=True):
+        sec = head.section
+        numbers = sec.numbers("anchors")
+        pairs = [(numbers[2 * i], numbers[2 * i + 1]) for i in range(len(numbers) // 2)]
+        for m, (w, h) in zip(sec.integers("mask", list(range(len(pairs)))), level, strict=True):
+            pairs[m] = (float(w), float(h))
+        sec.options["anchors"] = ", ".join(f"{w:g},{h:g}" for w, h in pairs)
+
+
 def build_darknet(cfg: str | Path, weights: str | Path | None = None, num_classes: int | None = None,
                   anchors: Any = None, weights_upto: int | None = None) -> DarknetModel:
-    """Build a DarknetModel from a cfg path (or cfg text) and optionally load ``.weights``."""
+    """Build a DarknetModel from a cfg path (or cfg text) and optionally load ``.weights``. ``anchors``: None or
+    "cfg" (the cfg's own), all (w, h) pairs as the heads' ``num``, or per level by stride (a teacher's)."""
     sections = parse_sections(*read_cfg(cfg))
+    if _per_level(anchors):
+        set_level_anchors(sections, anchors)
+        anchors = None
     edit_heads(sections, num_classes, None if anchors in (None, "cfg") else anchors)
     model = DarknetModel(network_from_sections(sections))
     if weights:
@@ -245,7 +274,7 @@ def build_darknet(cfg: str | Path, weights: str | Path | None = None, num_classe
     return model
 
 
-@register("darknet")
+@register("darknet", fixed=("anchors",))  # a cfg has its anchors: data k-means does not replace them
 def darknet(cfg: str, weights: str | None = None, num_classes: int | None = None, anchors: Any = None,
             weights_upto: int | None = None) -> DarknetModel:
     """Registry factory: ``{"name": "darknet", "args": {"cfg": "yolov4.cfg", "weights": "yolov4.weights"}}``."""

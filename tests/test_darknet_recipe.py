@@ -3,6 +3,8 @@ student's student.cfg + student.weights, read by OpenCV's Darknet importer, pred
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,31 @@ def test_darknet_recipe_ships_a_student_that_opencv_runs_the_same(tmp_path, monk
         scores, kept = ours[:, 5:] * ours[:, 4:5], cv[:, 5:] > 0
         torch.testing.assert_close(scores[kept], cv[:, 5:][kept], atol=1e-4, rtol=0)
         assert (scores[~kept] < 0.2 + 1e-4).all()
+
+
+def test_benchmark_darknet_rows_are_valid_recipes_on_yolo_txt_data(tmp_path):
+    """The Darknet benchmark rows are code only (not run here): their recipe trees validate, read BCCD as
+    YOLO-txt from the scale's run folder, and build the intended teacher and student."""
+    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks/detection.py")
+    bench_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_mod)
+    args = argparse.Namespace(teacher_size=None, input_size=192, workers=None, batch_size=None, eval_every=None,
+                              train_subset=None, test_subset=None, epochs_scale=1.0, teacher_epochs=None,
+                              student_epochs=None, out=str(tmp_path))
+    bench = bench_mod.Bench(args, "bccd")
+    trees = {"darknet_teacher": bench.teacher_tree("darknet_teacher"),
+             **{row: bench.student_tree(row, 0) for row in ("darknet_student", "darknet_student_kd",
+                                                             "darknet_teacher_kd")}}
+    models = {}
+    for row, tree in trees.items():
+        recipe = recipe_from_dict(tree)
+        assert recipe.data.name == "yolo" and recipe.data.data_dir == str(bench.yolo_txt_dir())
+        models[row] = (recipe.teachers[0].name, recipe.student.name, [t.type for t in recipe.distill[0].terms])
+    assert models == {"darknet_teacher": ("darknet", "yolo", ["detection"]),
+                      "darknet_student": ("yolo", "darknet", ["detection"]),
+                      "darknet_student_kd": ("yolo", "darknet", ["chen_kd"]),
+                      "darknet_teacher_kd": ("darknet", "yolo", ["chen_kd"])}
+    assert trees["darknet_teacher_kd"]["teacher"]["checkpoint"] == str(tmp_path / "bccd" / bench.out.name /
+                                                                        "darknet_teacher/teacher/model.pt")
+    # the other rows keep their VOC data and models
+    assert bench.student_tree("chen_kd", 0)["data"]["name"] == "voc"

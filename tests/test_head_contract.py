@@ -4,6 +4,7 @@ specs that keep their cfg's anchors and rebuild without their files, the student
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from hintdistill.detection.loss import YoloLoss
 from hintdistill.distiller import Distiller
 from hintdistill.engine.checkpoint import load_model, load_teacher, save_model
 from hintdistill.errors import ConfigError, ShapeError
+from hintdistill.export import metadata
 from hintdistill.models import build_model
 from hintdistill.models.darknet import build_darknet
 from hintdistill.taps import outputs_from
@@ -165,3 +167,14 @@ def test_darknet_spec_keeps_its_cfg_anchors_and_model_pt_needs_no_files(tmp_path
     save_model(trained, portable_spec({"name": "darknet", "args": {"cfg": "x"}}, trained), tmp_path / "t.pt")
     teacher = load_teacher(build_darknet(D.tiny_v4(classes=2, c=8, width=64)), str(tmp_path / "t.pt"))
     assert teacher.head_specs == trained.head_specs and teacher.head_specs[0].anchors[0] == (24, 27)
+
+
+def test_export_metadata_states_each_heads_decoding():
+    props = metadata(build_darknet(D.tiny_v3(classes=3)), {"name": "darknet", "args": {}})
+    heads = json.loads(props["heads"])
+    assert [(h["stride"], h["decoding"], h["anchors"][0]) for h in heads] == [(16, "darknet", [10, 14]),
+                                                                              (32, "darknet", [81, 82])]
+    assert "wh = exp(t_wh) * anchor" in props["box_decoding"] and "anchors" not in props  # no [3, 3, 2] tensor
+    yolo = metadata(build_model("yolo", {"num_classes": 2, "width": 0.0625}), {})
+    assert yolo["box_decoding"].startswith("yolov5: xy = (2 sigmoid(t_xy) - 0.5 + cell) * stride")
+    assert json.loads(yolo["strides"]) == [8, 16, 32] and len(json.loads(yolo["anchors"])) == 3

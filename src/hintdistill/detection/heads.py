@@ -27,6 +27,15 @@ from .boxes import box_params as yolov5_box_params
 from .boxes import xywh_to_xyxy
 
 DECODINGS = ("yolov5", "darknet", "darknet_new_coords")
+# each decoding in words, for deployment metadata (export.py)
+DECODING_FORMULAS = {
+    "yolov5": "xy = (2 sigmoid(t_xy) - 0.5 + cell) * stride, wh = (2 sigmoid(t_wh))^2 * anchor; objectness and "
+              "classes: sigmoid",
+    "darknet": "xy = (scale_x_y sigmoid(t_xy) - (scale_x_y - 1) / 2 + cell) * stride, wh = exp(t_wh) * anchor; "
+               "objectness and classes: sigmoid",
+    "darknet_new_coords": "xy = (scale_x_y sigmoid(t_xy) - (scale_x_y - 1) / 2 + cell) * stride, "
+                          "wh = (2 sigmoid(t_wh))^2 * anchor; objectness and classes: sigmoid",
+}
 # exp(t) beyond e^10 ≈ 22000 anchors is no box; the cap keeps a diverging logit from making the CIoU NaN
 MAX_LOG_SIZE = 10.0
 

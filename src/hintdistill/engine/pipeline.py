@@ -89,10 +89,7 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         rows.append(summary_row(name, model, spec, result, data, recipe))
     barrier(d)
 
-    student_spec = model_spec(student_cfg, data.model_defaults)
-    if teachers and "anchors" not in student_cfg.args:  # the teacher's anchors, when the heads line up
-        student_spec = with_teacher_anchors(student_spec, student, teachers[0], wants_teacher_anchors)
-    saved_spec = portable_spec(student_spec, instantiate(student_spec))
+    student_spec, saved_spec = student_specs(student_cfg, wants_teacher_anchors, student, teachers, data)
     if recipe.baseline is not None:
         seed_everything(recipe.seed)  # the baseline and distilled students start from the same weights
         baseline = instantiate(student_spec)
@@ -128,6 +125,16 @@ def student_config(recipe: Recipe) -> tuple[ModelConfig, bool]:
     if cfg.args.get("anchors") != "teacher":
         return cfg, False
     return cfg.model_copy(update={"args": {k: v for k, v in cfg.args.items() if k != "anchors"}}), True
+
+
+def student_specs(cfg: ModelConfig, wants_teacher_anchors: bool, student: torch.nn.Module, teachers: list,
+                  data: TaskData) -> tuple[dict, dict]:
+    """(the spec the students are built from, the one their files store): with the teacher's anchors when the
+    recipe asks or gives none and the heads line up; a Darknet student's saved spec holds its cfg text."""
+    spec = model_spec(cfg, data.model_defaults)
+    if wants_teacher_anchors or (teachers and "anchors" not in cfg.args):
+        spec = with_teacher_anchors(spec, student, teachers[0] if teachers else None, wants_teacher_anchors)
+    return spec, portable_spec(spec, instantiate(spec))
 
 
 def ship_darknet(model: torch.nn.Module, run_dir, log) -> None:

@@ -3,7 +3,7 @@
 ``model.layers`` is an ``nn.ModuleList`` indexed like Darknet's own table, so ``layers.54`` is Darknet's layer
 54 (tappable as a hint or guided layer). ``forward(x)`` returns the ``[yolo]`` heads' raw maps
 ``[B, A, H, W, 5+C]`` ordered by stride ascending, the layout of the built-in ``yolo`` family
-(``detection.boxes``), with the head contract alongside: ``strides``, ``level_anchors`` (``[A, 2]`` input
+(``detection.heads``), with the head contract alongside: ``strides``, ``level_anchors`` (``[A, 2]`` input
 pixels per level), ``head_specs`` and ``decode`` / ``postprocess``. Box decoding per head (Darknet's
 ``yolo_layer.c``, s = ``scale_x_y``, (i, j) the cell, σ the logistic):
 

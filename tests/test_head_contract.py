@@ -178,3 +178,25 @@ def test_export_metadata_states_each_heads_decoding():
     yolo = metadata(build_model("yolo", {"num_classes": 2, "width": 0.0625}), {})
     assert yolo["box_decoding"].startswith("yolov5: xy = (2 sigmoid(t_xy) - 0.5 + cell) * stride")
     assert json.loads(yolo["strides"]) == [8, 16, 32] and len(json.loads(yolo["anchors"])) == 3
+
+
+def test_terms_from_the_models_heads_equal_terms_from_the_task_anchors_on_the_yolo_family():
+    """What the Stage now builds (the models' heads) and what recipes built before (the task's anchors and strides)
+    give the same numbers on the yolo family, term by term."""
+    torch.manual_seed(0)
+    student = build_model("yolo", {"num_classes": 3, "anchors": D.ANCHORS9, "width": 0.0625})
+    teacher = build_model("yolo", {"num_classes": 3, "anchors": D.ANCHORS9, "width": 0.125}).eval()
+    recipe = recipe_from_dict({"name": "t", "task": "detection", "data": {"name": "voc", "data_dir": "x"},
+                               "teacher": {"name": "yolo"}, "student": {"name": "yolo"}, "distill": [{"terms": [
+                                   {"type": "chen_kd", "mu": 0.3, "nu": 0.7, "margin": 0.01},
+                                   {"type": "objectness_kd"}, {"type": "neck_hints", "imitation_mask": True}]}]})
+    task = {"anchors": D.ANCHORS9, "strides": (8, 16, 32)}
+    x = torch.rand(2, 3, 64, 64)
+    values = []
+    for context in (task, heads_context(task, student, [teacher])):
+        torch.manual_seed(1)  # the hints' 1x1 adapters
+        distiller = Distiller(student.eval(), teacher, build_terms(recipe.distill[0].terms, context), example_inputs=x)
+        _, losses = distiller(x, TARGETS)
+        distiller.remove_taps()
+        values.append({k: v.item() for k, v in losses.items()})
+    assert values[0] == values[1] and values[0]["chen_kd.bounded"] > 0 and values[0]["neck_hints"] > 0

@@ -23,6 +23,13 @@ Rows (test split of each data set), every student built from its recipe's distil
   head's box parameters), ``ablation/hints`` vs ``ablation/hints_a`` (neck hints without / with a 1x1 adapter;
   identity needs equal channels, so these use a narrow teacher of the student's width: ``hint_teacher``).
 
+- Darknet rows (BCCD only; code, not run yet), whose data is BCCD converted to YOLO-txt (``data/convert.py``,
+  into the scale's run folder) and read by the YOLO-txt reader: ``darknet_student`` (the yolov4-tiny-3l-style cfg
+  recipes/cfg/yolov4-tiny-3l-bccd.cfg alone, detection loss), ``darknet_student_kd`` (that student distilled from
+  the yolo teacher with chen_kd), ``darknet_teacher_kd`` (the Darknet-cfg teacher recipes/cfg/yolov4-quarter-bccd.cfg,
+  trained once as ``darknet_teacher``, distilled into the yolo n student with chen_kd). Students take their
+  teacher's anchors (the head layouts match), so chen_kd compares the heads anchor by anchor.
+
 Every student row of a data set uses the same stage (epochs, optimizer, schedule, augmentation) and, for a
 given seed, the same initial weights and data order; only the loss terms differ. Students run over ``--seeds``
 seeds (mean, std, and a bootstrap 90% interval of mAP@0.5 over the test images for seed 0). Runs live in
@@ -47,6 +54,7 @@ import yaml
 
 from hintdistill.build import build_data
 from hintdistill.config import load_recipe, recipe_from_dict
+from hintdistill.data.convert import voc_to_yolo
 from hintdistill.engine.checkpoint import load_model
 from hintdistill.engine.pipeline import run_recipe
 
@@ -74,6 +82,18 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "ablation/hints": ("hint_teacher", [DET, dict(HINTS, adapter="identity")]),
     "ablation/hints_a": ("hint_teacher", [DET, HINTS]),
 }
+# Darknet rows: BCCD only (the cfgs carry BCCD's anchors), data as YOLO-txt; a row's student model if not the recipe's
+DARKNET_STUDENT = {"name": "darknet", "args": {"cfg": str(ROOT / "recipes/cfg/yolov4-tiny-3l-bccd.cfg")}}
+DARKNET_TEACHER = {"name": "darknet", "args": {"cfg": str(ROOT / "recipes/cfg/yolov4-quarter-bccd.cfg")}}
+STUDENT_ROWS.update({
+    "darknet_student": ("teacher", [DET]),
+    "darknet_student_kd": ("teacher", [CHEN]),
+    "darknet_teacher_kd": ("darknet_teacher", [CHEN]),
+})
+STUDENT_MODELS = {"darknet_student": DARKNET_STUDENT, "darknet_student_kd": DARKNET_STUDENT}
+TEACHER_MODELS = {"hint_teacher": {"name": "yolo", "args": HINT_TEACHER_ARGS}, "darknet_teacher": DARKNET_TEACHER}
+YOLO_TXT_ROWS = {"darknet_student", "darknet_student_kd", "darknet_teacher_kd", "darknet_teacher"}
+BCCD_ONLY = YOLO_TXT_ROWS
 ALIASES: dict[str, str] = {}
 SUFFIX = {"batch_size": "bs", "eval_every": "ee"}  # overridden stage fields in the run folder's name: _bs8_ee5
 ROWS = ["teacher", *STUDENT_ROWS]
@@ -149,33 +169,65 @@ class Bench:
         tree.update(name=name, seed=seed, output_dir=str(folder), baseline=None)
         return tree
 
+    def yolo_txt_dir(self) -> Path:
+        """Where this scale's YOLO-txt copy of the data set lives (written by ``ensure_yolo_txt``)."""
+        return self.out / f"{self.dataset}_yolo_txt"
+
+    def ensure_yolo_txt(self) -> None:
+        """Convert the VOC folder to YOLO-txt once, so the Darknet rows read it through the YOLO-txt reader."""
+        if not self.yolo_txt_dir().is_dir():
+            voc_to_yolo(self.base["data"]["data_dir"], self.yolo_txt_dir())
+
+    def with_data(self, tree: dict, row: str) -> dict:
+        if row in YOLO_TXT_ROWS:
+            tree["data"].update(name="yolo", data_dir=str(self.yolo_txt_dir()))
+        return tree
+
+    def teacher_tree(self, which: str) -> dict:
+        """The recipe tree that trains teacher ``which`` (and no student)."""
+        tree = self.tree(f"{self.dataset}-{which}", self.out / which, 0)
+        tree["teacher"]["train"] = self.with_epochs(tree["teacher"]["train"], self.teacher_epochs)
+        if which in TEACHER_MODELS:
+            tree["teacher"].update(copy.deepcopy(TEACHER_MODELS[which]))
+        # the schema needs a distill stage: 0 epochs trains no student
+        tree["distill"] = [{"name": "none", "epochs": 0, "terms": [DET]}]
+        return self.with_data(tree, which)
+
     def teacher(self, which: str) -> tuple[dict, str]:
         """Train (or find) a teacher; returns its summary row and model.pt path."""
         folder = self.out / which
-        tree = self.tree(f"{self.dataset}-{which}", folder, 0)
-        tree["teacher"]["train"] = self.with_epochs(tree["teacher"]["train"], self.teacher_epochs)
-        if which == "hint_teacher":
-            tree["teacher"]["args"] = dict(HINT_TEACHER_ARGS)
-        # the schema needs a distill stage: 0 epochs trains no student
-        tree["distill"] = [{"name": "none", "epochs": 0, "terms": [DET]}]
-        summary = run(tree)
+        if which in YOLO_TXT_ROWS:
+            self.ensure_yolo_txt()
+        summary = run(self.teacher_tree(which))
         path = str(folder / "teacher" / "model.pt")
         self.teacher_ckpt[which] = path
         return with_per_class(next(r for r in summary["rows"] if r["model"] == "teacher"), folder, "teacher"), path
 
-    def student(self, row: str, seed: int) -> dict:
+    def student_tree(self, row: str, seed: int) -> dict:
+        """The recipe tree of one student row and seed (its teacher loaded from the teacher's model.pt)."""
         teacher, terms = STUDENT_ROWS[row]
         key = ALIASES.get(row, row).replace("/", "_")
-        folder = self.out / key / f"seed{seed}"
-        tree = self.tree(f"{self.dataset}-{key}-seed{seed}", folder, seed)
-        tree["teacher"]["checkpoint"] = self.teacher_ckpt[teacher]
-        if teacher == "hint_teacher":
-            tree["teacher"]["args"] = dict(HINT_TEACHER_ARGS)
+        tree = self.tree(f"{self.dataset}-{key}-seed{seed}", self.out / key / f"seed{seed}", seed)
+        if teacher in TEACHER_MODELS:
+            tree["teacher"].update(copy.deepcopy(TEACHER_MODELS[teacher]))
+        tree["teacher"]["checkpoint"] = self.teacher_ckpt.get(teacher, str(self.out / teacher / "teacher/model.pt"))
+        if row in STUDENT_MODELS:
+            tree["student"] = copy.deepcopy(STUDENT_MODELS[row])
         stage = self.with_epochs(self.base["distill"][0], self.student_epochs)
-        stage.update(name="train" if row == "baseline" else "distill", terms=copy.deepcopy(terms))
+        stage.update(name="train" if STUDENT_ROWS[row][1] == [DET] else "distill", terms=copy.deepcopy(terms))
         tree["distill"] = [stage]
+        return self.with_data(tree, row)
+
+    def student(self, row: str, seed: int) -> dict:
+        if row in YOLO_TXT_ROWS:
+            self.ensure_yolo_txt()
+        tree = self.student_tree(row, seed)
         summary = run(tree)
+        folder = Path(tree["output_dir"])
         row = with_per_class(next(r for r in summary["rows"] if r["model"] == "distilled"), folder, "distilled")
+        if row["arch"] == "darknet":  # Darknet's own count, as its printout and `hintdistill inspect` give it
+            model, _ = load_model(folder / "distilled" / "model.pt")
+            row = {**row, "darknet_bflops": model.darknet_table(self.size, self.size)[1]}
         return {**row, "seed": seed}
 
 
@@ -190,12 +242,13 @@ def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> 
                                 for c in runs[0]["ap50_per_class"]},
         "seeds": [r.get("seed", 0) for r in runs], "epochs": epochs, "input_size": size,
         "wall_s": statistics.mean(r["train_s"] for r in runs),
+        **({"darknet_bflops": runs[0]["darknet_bflops"]} if "darknet_bflops" in runs[0] else {}),
     }
 
 
 def in_order(results: list[dict]) -> list[dict]:
     """By data set, then teacher rows first and the student rows in ROWS order, whichever invocation wrote them."""
-    order = ["teacher", "hint_teacher", *STUDENT_ROWS]
+    order = ["teacher", "hint_teacher", "darknet_teacher", *STUDENT_ROWS]
 
     def key(e: dict) -> tuple:
         ds = e.get("dataset", "bccd")
@@ -245,7 +298,7 @@ def dataset_markdown(results: list[dict]) -> str:
 def run_dataset(a: argparse.Namespace, dataset: str, results: list[dict], write) -> list[dict]:
     """Every requested row of one data set; ``write(results)`` is called after every seed."""
     bench = Bench(a, dataset)
-    students = [r for r in a.rows if r != "teacher"]
+    students = [r for r in a.rows if r != "teacher" and (dataset == "bccd" or r not in BCCD_ONLY)]
     ablation_seeds = a.seeds if a.ablation_seeds is None else a.ablation_seeds
     teachers = []
     if "teacher" in a.rows or any(STUDENT_ROWS[r][0] == "teacher" for r in students):
@@ -255,6 +308,9 @@ def run_dataset(a: argparse.Namespace, dataset: str, results: list[dict], write)
     if any(STUDENT_ROWS[r][0] == "hint_teacher" for r in students) and ablation_seeds > 0:
         h_row, _ = bench.teacher("hint_teacher")
         teachers.append(entry("hint_teacher", [h_row], bench.teacher_epochs, bench.size, dataset))
+    if any(STUDENT_ROWS[r][0] == "darknet_teacher" for r in students):
+        d_row, _ = bench.teacher("darknet_teacher")
+        teachers.append(entry("darknet_teacher", [d_row], bench.teacher_epochs, bench.size, dataset))
     produced = {e["name"] for e in teachers} | set(students)
     others = [e for e in results if (e.get("dataset", "bccd"), e["name"]) not in {(dataset, n) for n in produced}]
     runs: dict[str, list[dict]] = {}

@@ -10,8 +10,10 @@ from . import config as C
 from .data.classification import CLASS_NAMES, STATS, TensorLoader, image_folder_loader, load_tensors
 from .data.task import TaskData
 from .detection.build import build_detection_data
+from .detection.heads import describe, head_differences, model_heads
 from .errors import ConfigError, DataError
 from .models import build_model
+from .models.registry import data_defaults
 from .terms import Term, term_class, term_names
 
 
@@ -32,8 +34,43 @@ def build_terms(cfgs: list, context: dict | None = None) -> dict[str, tuple[Term
 
 
 def model_spec(cfg: C.ModelConfig, defaults: dict) -> dict:
-    args = {**defaults, **cfg.args}
+    """The spec of a recipe's model: the data's defaults it takes (not a Darknet cfg's anchors), then its args."""
+    args = {**data_defaults(cfg.name, defaults), **cfg.args}
     return {"name": cfg.name, "args": args}
+
+
+def portable_spec(spec: dict, model: nn.Module) -> dict:
+    """A spec that rebuilds ``model`` without its source files, as model.pt stores it: a model that states its
+    own definition (a Darknet model's ``cfg_text``) keeps that text instead of a path, and no weights path
+    (the state_dict holds the values)."""
+    text = getattr(model, "cfg_text", None)
+    if not callable(text):
+        return spec
+    args = {k: v for k, v in spec["args"].items() if k not in ("weights", "weights_upto")}
+    return {"name": spec["name"], "args": {**args, "cfg": text()}}
+
+
+def with_teacher_anchors(spec: dict, student: nn.Module, teacher: nn.Module | None, explicit: bool) -> dict:
+    """The student spec with the teacher's anchors (per level, by stride) when its recipe says ``anchors:
+    teacher`` (``explicit``), or gives no anchors and its heads have the teacher's levels and anchor counts:
+    a student trained from scratch then lines up with the teacher anchor by anchor. Otherwise unchanged; an
+    explicit request the heads cannot take is a ConfigError saying what differs."""
+    s_heads, t_heads = model_heads(student), model_heads(teacher) if teacher is not None else None
+    if not (s_heads and t_heads):
+        if explicit:
+            raise ConfigError("student args anchors: teacher needs a detector teacher and a detector student")
+        return spec
+    layout = lambda heads: [(float(h.stride), len(h.anchors)) for h in heads]  # noqa: E731
+    if layout(s_heads) != layout(t_heads):
+        if explicit:
+            raise ConfigError(f"student args anchors: teacher, but the heads differ (strides, anchors per level): "
+                              f"student {describe(s_heads)}; teacher {describe(t_heads)}. Give the student "
+                              f"anchors of its own layout, or a cfg with the teacher's levels.")
+        return spec
+    if not explicit and not head_differences(s_heads, t_heads):
+        return spec  # the same anchors already: the spec stays as the recipe wrote it
+    levels = [[[round(w, 4), round(h, 4)] for w, h in head.anchors] for head in t_heads]
+    return {"name": spec["name"], "args": {**spec["args"], "anchors": levels}}
 
 
 def instantiate(spec: dict) -> nn.Module:

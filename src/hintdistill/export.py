@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .detection.heads import DECODING_FORMULAS, model_heads
 from .errors import CheckpointError, ConfigError, HintDistillError, ShapeError
 from .metrics import median_ms
 
@@ -86,13 +87,18 @@ def _as_list(out) -> list[torch.Tensor]:
 
 
 def metadata(model: nn.Module, spec: dict) -> dict[str, str]:
-    """What a deployment needs beside the graph: the model spec; for a detector its anchors and strides."""
+    """What a deployment needs beside the graph: the model spec; for a detector its heads (strides, anchors,
+    box decoding), and the yolo family's ``anchors`` / ``strides`` tensors as before."""
     props = {"hintdistill.spec": json.dumps(spec)}
+    heads = model_heads(model)
+    if not heads:
+        return props
+    props["heads"] = json.dumps([{"stride": h.stride, "anchors": [list(a) for a in h.anchors],
+                                  "decoding": h.decoding, "scale_x_y": h.scale_x_y} for h in heads])
+    props["box_decoding"] = "; ".join(f"{d}: {DECODING_FORMULAS[d]}" for d in dict.fromkeys(h.decoding for h in heads))
     anchors, strides = getattr(model, "anchors", None), getattr(model, "strides", None)
     if isinstance(anchors, torch.Tensor) and isinstance(strides, torch.Tensor):
-        props.update({"anchors": json.dumps(anchors.tolist()), "strides": json.dumps(strides.tolist()),
-                      "box_decoding": "yolov5: xy = (2 sigmoid(t_xy) - 0.5 + cell) * stride, "
-                                      "wh = (2 sigmoid(t_wh))^2 * anchor; objectness and classes: sigmoid"})
+        props.update({"anchors": json.dumps(anchors.tolist()), "strides": json.dumps(strides.tolist())})
     return props
 
 

@@ -14,6 +14,7 @@ Each positive is one (image, anchor, cell) with the box and class it must predic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,24 +49,27 @@ def _flatten_targets(targets: list[dict], device: torch.device) -> tuple[torch.T
     return tuple(cat)
 
 
-def assign_targets(targets: list[dict], anchors: torch.Tensor, strides: list[float] | tuple[float, ...],
-                   grid_shapes: list[tuple[int, int]], anchor_t: float = 4.0,
-                   neighbours: bool = True) -> list[LevelTargets]:
+def assign_targets(targets: list[dict], anchors: torch.Tensor | Sequence[torch.Tensor],
+                   strides: Sequence[float], grid_shapes: list[tuple[int, int]], anchor_t: float = 4.0,
+                   neighbours: bool | Sequence[bool] = True) -> list[LevelTargets]:
     """Positives per level. ``targets``: one dict per image with ``boxes`` [N, 4] xyxy pixels and ``labels``;
-    ``anchors``: ``[L, A, 2]`` (w, h) pixels; ``grid_shapes``: ``(H, W)`` of each level's map."""
-    device = anchors.device
+    ``anchors``: per level an ``[A_l, 2]`` (w, h) pixel tensor (any number of levels and anchors per level,
+    e.g. an ``[L, A, 2]`` tensor); ``grid_shapes``: ``(H, W)`` of each level's map; ``neighbours``: one flag,
+    or one per level (a head whose centres cannot leave their cell gets no neighbour cells)."""
+    device = anchors[0].device
     batch, boxes, labels, gt_index = _flatten_targets(targets, device)
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     wh = boxes[:, 2:] - boxes[:, :2]
+    flags = [neighbours] * len(strides) if isinstance(neighbours, bool) else list(neighbours)
     out = []
-    for level_anchors, stride, (h, w) in zip(anchors, strides, grid_shapes, strict=True):
+    for level_anchors, stride, (h, w), near in zip(anchors, strides, grid_shapes, flags, strict=True):
         ratio = wh[:, None, :] / level_anchors[None, :, :]  # [N, A, 2]
         match = torch.max(ratio, 1 / ratio).amax(-1) < anchor_t
         gt, anc = match.nonzero(as_tuple=True)
         g = centre[gt] / stride
         cell = g.floor().long()
         candidates = [cell]
-        if neighbours:
+        if near:
             frac = g - cell
             step = torch.where(frac < 0.5, -1, 1) * (frac != 0.5)
             candidates.append(cell + torch.stack([step[:, 0], torch.zeros_like(step[:, 0])], 1))

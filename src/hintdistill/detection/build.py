@@ -2,8 +2,9 @@
 
 ``build_detection_data`` reads the training split once, computes 9 anchors by k-means over its letterboxed
 box sizes (``anchors.kmeans_anchors``) and hands them to the models as a default argument (so they are in
-every ``model.pt``'s spec and state_dict) and to the terms through ``TaskData.context`` (each detection
-term's ``from_config`` reads its anchors and strides there).
+every ``model.pt``'s spec and state_dict; a model whose definition has its own, a Darknet cfg, keeps those).
+The terms read the actual models' heads (``heads.heads_context``, built by the Stage); the task's anchors and
+strides in ``TaskData.context`` are only the fallback of a context made by hand.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ from ..terms.base import Term
 from ..terms.registry import TermConfig, register_term
 from .assign import LevelTargets, assign_targets
 from .boxes import box_params, ciou, xywh_to_xyxy
+from .heads import HeadSpec, model_heads, yolov5_heads
+from .heads import box_params as head_box_params
 
 NORMALISE = ("none", "yolov5")
 
@@ -45,20 +47,58 @@ def gain_scales(maps: Sequence[torch.Tensor], strides: Sequence[float], normalis
     return 3.0 / levels, (size / 640.0) ** 2 * 3.0 / levels, classes / 80.0 * 3.0 / levels
 
 
-def as_anchor_tensor(anchors: Any) -> torch.Tensor:
-    """9 (w, h) pixel pairs, a ``[3, 3, 2]`` tensor, or a model with an ``anchors`` buffer → ``[3, 3, 2]``."""
+def default_balance(levels: int) -> list[float]:
+    """YOLOv5's objectness weights per level, finest first: (4.0, 1.0, 0.4) for 3 levels, else
+    (4.0, 1.0, 0.25, 0.06, 0.02) cut to the number of levels."""
+    return [4.0, 1.0, 0.4] if levels == 3 else [4.0, 1.0, 0.25, 0.06, 0.02][:levels]
+
+
+def anchor_buffer(heads: Sequence[HeadSpec]) -> torch.Tensor:
+    """All anchors as one tensor: ``[L, A, 2]`` when every level has A anchors, else ``[N, 2]`` level by level."""
+    flat = torch.tensor([a for h in heads for a in h.anchors], dtype=torch.float32)
+    counts = {len(h.anchors) for h in heads}
+    return flat.view(len(heads), -1, 2) if len(counts) == 1 else flat
+
+
+def as_anchor_tensor(anchors: Any, levels: int = 3) -> torch.Tensor:
+    """(w, h) pixel pairs, the same number per level, or a model with an ``anchors`` buffer → ``[L, A, 2]``."""
     anchors = getattr(anchors, "anchors", anchors)
     t = torch.as_tensor(anchors, dtype=torch.float32).detach().cpu()
-    if t.numel() != 18:
-        raise ShapeError(f"expected 9 anchors as (w, h) pixel pairs, 3 per level; got shape {tuple(t.shape)}")
-    return t.reshape(3, 3, 2).clone()
+    if t.numel() == 0 or t.numel() % (2 * levels):
+        raise ShapeError(f"expected (w, h) pixel pairs, the same number for each of the {levels} levels (e.g. 9 "
+                         f"anchors, 3 per level); got shape {tuple(t.shape)}")
+    return t.reshape(levels, -1, 2).clone()
+
+
+def as_heads(anchors: Any, strides: Sequence[float] = (8, 16, 32)) -> list[HeadSpec]:
+    """The head contract a loss works with: a detector model's ``head_specs``, a list of ``HeadSpec``, or
+    anchors (see ``as_anchor_tensor``) with ``strides``, decoded as the built-in yolo family (YOLOv5)."""
+    specs = model_heads(anchors)
+    if specs:
+        return specs
+    if isinstance(anchors, (list, tuple)) and anchors and all(isinstance(a, HeadSpec) for a in anchors):
+        return list(anchors)
+    return yolov5_heads(as_anchor_tensor(anchors, len(strides)), strides)
+
+
+def context_heads(kind: str, context: dict, role: str = "student", teacher_index: int = 0) -> list[HeadSpec]:
+    """A detector's heads from a term's context: the Stage puts the actual models' ``heads`` (student) and
+    ``teacher_heads`` there; a hand-made context may give the task's ``anchors`` and ``strides`` instead."""
+    if role == "student" and context.get("heads"):
+        return list(context["heads"])
+    teachers = context.get("teacher_heads") or []
+    if role == "teacher" and teacher_index < len(teachers) and teachers[teacher_index]:
+        return list(teachers[teacher_index])
+    if "anchors" not in context:
+        raise ConfigError(f"the '{kind}' term needs a detector's heads (anchors, strides): use it in a recipe "
+                          f"with task: detection and detector models (yolo, darknet)")
+    return as_heads(context["anchors"], context.get("strides", (8, 16, 32)))
 
 
 def detector_context(kind: str, context: dict) -> tuple[Any, Sequence[float]]:
-    """The task's anchors and strides, which a term on a detector's head maps cannot do without."""
-    if "anchors" not in context:
-        raise ConfigError(f"the '{kind}' term needs a detector's anchors: use it in a recipe with task: detection")
-    return context["anchors"], context.get("strides", (8, 16, 32))
+    """The student's heads and their strides from a term's context (see ``context_heads``)."""
+    heads = context_heads(kind, context)
+    return heads, [h.stride for h in heads]
 
 
 def head_maps(outputs: Outputs, role: str = "student") -> list[torch.Tensor]:
@@ -72,9 +112,12 @@ def head_maps(outputs: Outputs, role: str = "student") -> list[torch.Tensor]:
     return maps
 
 
-def predicted_boxes(raw: torch.Tensor, pos: LevelTargets, level_anchors: torch.Tensor, stride: float) -> torch.Tensor:
-    """xyxy pixel boxes that one level's raw map predicts at the positives ``pos``. ``[P, 4]``."""
-    p = box_params(raw[pos.batch, pos.anchor, pos.gj, pos.gi])
+def predicted_boxes(raw: torch.Tensor, pos: LevelTargets, level_anchors: torch.Tensor, stride: float,
+                    spec: HeadSpec | None = None) -> torch.Tensor:
+    """xyxy pixel boxes that one level's raw map predicts at the positives ``pos``, decoded as ``spec`` says
+    (YOLOv5's parametrisation without one). ``[P, 4]``."""
+    picked = raw[pos.batch, pos.anchor, pos.gj, pos.gi]
+    p = box_params(picked) if spec is None else head_box_params(picked, spec)
     cell = torch.stack([pos.gi, pos.gj], 1).to(p.dtype)
     xy = (p[:, :2] + cell) * stride
     return xywh_to_xyxy(torch.cat([xy, p[:, 2:] * level_anchors[pos.anchor]], 1))
@@ -97,36 +140,45 @@ class YoloLoss(Term):
                                                      "size and class count as YOLOv5 does")
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), box_weight: float = 0.05,
-                 obj_weight: float = 1.0, cls_weight: float = 0.5, balance: Sequence[float] = (4.0, 1.0, 0.4),
+                 obj_weight: float = 1.0, cls_weight: float = 0.5, balance: Sequence[float] | None = None,
                  anchor_t: float = 4.0, normalise: str = "none"):
         super().__init__()
         if normalise not in NORMALISE:
             raise ConfigError(f"YoloLoss normalise='{normalise}': choose one of {', '.join(NORMALISE)}")
         self.normalise = normalise
-        self.register_buffer("anchors", as_anchor_tensor(anchors))
-        self.strides = [float(s) for s in strides]
+        self.heads = as_heads(anchors, strides)
+        self.register_buffer("anchors", anchor_buffer(self.heads))
+        self.strides = [h.stride for h in self.heads]
         self.box_weight, self.obj_weight, self.cls_weight = box_weight, obj_weight, cls_weight
-        self.balance, self.anchor_t = list(balance), anchor_t
+        self.balance, self.anchor_t = list(balance or default_balance(len(self.heads))), anchor_t
         self.last: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg: TermConfig, context: dict) -> YoloLoss:
-        anchors, strides = detector_context(cfg.type, context)
+        heads, strides = detector_context(cfg.type, context)
         # only the per-part weights the recipe gives (e.g. Chen et al.'s μ on the hard objectness/class loss)
-        return cls(anchors, strides, **{k: v for k, v in cfg.term_args().items() if v is not None})
+        return cls(heads, strides, **{k: v for k, v in cfg.term_args().items() if v is not None})
 
     @classmethod
     def for_model(cls, model: nn.Module, **kwargs: Any) -> YoloLoss:
-        """A loss with the model's anchors and strides."""
-        return cls(model.anchors, [float(s) for s in model.strides], **kwargs)
+        """A loss with the model's heads (strides, anchors, box decoding)."""
+        return cls(model, **kwargs)
+
+    def level_anchors(self, device: torch.device | None = None) -> list[torch.Tensor]:
+        """Per level the anchors ``[A_l, 2]`` (from the buffer, so a loaded state_dict's values count)."""
+        return list(self.anchors.to(device).view(-1, 2).split([len(h.anchors) for h in self.heads]))
 
     def assign(self, maps: list[torch.Tensor], targets: list[dict]) -> list[LevelTargets]:
         """GT positives per level for these maps."""
         if len(maps) != len(self.strides):
             raise ShapeError(f"{len(maps)} head maps but {len(self.strides)} strides; the loss expects one map "
                              f"per stride {self.strides}")
-        return assign_targets(targets, self.anchors.to(maps[0].device), self.strides,
-                              [tuple(m.shape[2:4]) for m in maps], self.anchor_t)
+        for level, (m, h) in enumerate(zip(maps, self.heads, strict=True)):
+            if m.shape[1] != len(h.anchors):
+                raise ShapeError(f"head map {level} has {m.shape[1]} anchors but the loss's head at stride "
+                                 f"{h.stride:g} has {len(h.anchors)}: build the loss from the model it trains")
+        return assign_targets(targets, self.level_anchors(maps[0].device), self.strides,
+                              [tuple(m.shape[2:4]) for m in maps], self.anchor_t, [h.neighbours for h in self.heads])
 
     def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> torch.Tensor:
         parts = self.loss_parts(student, teachers, targets)
@@ -143,8 +195,8 @@ class YoloLoss(Term):
             raw = raw.float()
             tobj = torch.zeros_like(raw[..., 4])
             if len(pos):
-                anchors = self.anchors[level].to(raw.device)
-                iou = ciou(predicted_boxes(raw, pos, anchors, self.strides[level]), pos.boxes)
+                anchors = self.level_anchors(raw.device)[level]
+                iou = ciou(predicted_boxes(raw, pos, anchors, self.strides[level], self.heads[level]), pos.boxes)
                 lbox = lbox + (1 - iou).mean()
                 tobj[pos.batch, pos.anchor, pos.gj, pos.gi] = iou.detach().clamp(min=0).to(tobj.dtype)
                 logits = raw[pos.batch, pos.anchor, pos.gj, pos.gi, 5:]

@@ -119,5 +119,16 @@ def load_teacher_weights(model: nn.Module, path: str) -> None:
     load_state(model, state, path)
 
 
+def load_teacher(model: nn.Module, path: str) -> nn.Module:
+    """The teacher with a checkpoint's weights. A model whose anchors live in its definition, not its
+    state_dict (a Darknet cfg), is rebuilt from the checkpoint's own spec, so it keeps the heads it was
+    trained with; any other model gets the weights (the yolo family's anchors are in its state_dict)."""
+    spec = safe_load(path).get("spec")
+    if callable(getattr(model, "cfg_text", None)) and isinstance(spec, dict) and "cfg" in spec.get("args", {}):
+        return load_model(path)[0]
+    load_teacher_weights(model, path)
+    return model
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model

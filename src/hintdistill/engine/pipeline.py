@@ -8,15 +8,16 @@ import torch
 import yaml
 
 from .. import report
-from ..build import build_data, instantiate, model_spec
+from ..build import build_data, instantiate, model_spec, portable_spec, with_teacher_anchors
 from ..checks import check_model_fits_data  # issue 12
-from ..config import Recipe
+from ..config import ModelConfig, Recipe
 from ..data.sanity import dropped_note  # issue 12
 from ..data.task import TaskData
 from ..errors import ShapeError
 from ..metrics import count_params, cpu_latency_ms, gflops
+from ..models.darknet_weights import save_cfg, save_weights
 from ..taps import outputs_from
-from .checkpoint import load_teacher_weights
+from .checkpoint import load_teacher
 from .distributed import Dist, barrier, cleanup, init_distributed
 from .loop import Phase, as_stage
 from .stage import PhaseTrainer
@@ -62,7 +63,8 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     data = build_data(recipe)
     rows = []
     # before any teacher trains: a student that cannot be built or predicts the wrong classes fails now
-    student = check_model_fits_data(instantiate(model_spec(recipe.student, data.model_defaults)), data, "student",
+    student_cfg, wants_teacher_anchors = student_config(recipe)
+    student = check_model_fits_data(instantiate(model_spec(student_cfg, data.model_defaults)), data, "student",
                                     recipe.data.name)  # issue 12: channels and class counts
     check_num_classes(student, data, "student")
 
@@ -75,30 +77,32 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         check_model_fits_data(model, data, name, recipe.data.name, student)  # issue 12
         check_num_classes(model, data, name)
         if tcfg.checkpoint:
-            load_teacher_weights(model, tcfg.checkpoint)
+            model = load_teacher(model, tcfg.checkpoint)  # keeps its own anchors
             model.to(device)
             result = {**data.evaluate(model, device), "train_s": 0.0}
             if d.main:
                 log(f"[{name}] loaded {tcfg.checkpoint}")
         else:
-            result = PhaseTrainer(Phase(name, model, spec, [as_stage(tcfg.train, "train")]), data, run_dir,
-                                  device, d, recipe.seed + i, recipe.amp, log, recipe.speed).train()
+            result = PhaseTrainer(Phase(name, model, portable_spec(spec, model), [as_stage(tcfg.train, "train")]),
+                                  data, run_dir, device, d, recipe.seed + i, recipe.amp, log, recipe.speed).train()
         teachers.append(model)
         rows.append(summary_row(name, model, spec, result, data, recipe))
     barrier(d)
 
-    student_spec = model_spec(recipe.student, data.model_defaults)
+    student_spec, saved_spec = student_specs(student_cfg, wants_teacher_anchors, student, teachers, data)
     if recipe.baseline is not None:
         seed_everything(recipe.seed)  # the baseline and distilled students start from the same weights
         baseline = instantiate(student_spec)
-        result = PhaseTrainer(Phase("baseline", baseline, student_spec, [as_stage(recipe.baseline, "train")]),
+        result = PhaseTrainer(Phase("baseline", baseline, saved_spec, [as_stage(recipe.baseline, "train")]),
                               data, run_dir, device, d, recipe.seed, recipe.amp, log, recipe.speed).train()
         rows.append(summary_row("baseline", baseline, student_spec, result, data, recipe))
 
     seed_everything(recipe.seed)
     student = instantiate(student_spec)
-    result = PhaseTrainer(Phase("distilled", student, student_spec, recipe.distill, teachers), data, run_dir,
+    result = PhaseTrainer(Phase("distilled", student, saved_spec, recipe.distill, teachers), data, run_dir,
                           device, d, recipe.seed, recipe.amp, log, recipe.speed).train()
+    if d.main:
+        ship_darknet(student, run_dir, log)
     rows.append(summary_row("distilled", student, student_spec, result, data, recipe))
 
     summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device), "rows": rows}
@@ -112,6 +116,34 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         except ImportError:  # matplotlib (the figures) missing
             pass
     return summary
+
+
+def student_config(recipe: Recipe) -> tuple[ModelConfig, bool]:
+    """The student's model config without ``anchors: teacher`` (resolved once the teacher exists), and
+    whether the recipe asked for the teacher's anchors."""
+    cfg = recipe.student
+    if cfg.args.get("anchors") != "teacher":
+        return cfg, False
+    return cfg.model_copy(update={"args": {k: v for k, v in cfg.args.items() if k != "anchors"}}), True
+
+
+def student_specs(cfg: ModelConfig, wants_teacher_anchors: bool, student: torch.nn.Module, teachers: list,
+                  data: TaskData) -> tuple[dict, dict]:
+    """(the spec the students are built from, the one their files store): with the teacher's anchors when the
+    recipe asks or gives none and the heads line up; a Darknet student's saved spec holds its cfg text."""
+    spec = model_spec(cfg, data.model_defaults)
+    if wants_teacher_anchors or (teachers and "anchors" not in cfg.args):
+        spec = with_teacher_anchors(spec, student, teachers[0] if teachers else None, wants_teacher_anchors)
+    return spec, portable_spec(spec, instantiate(spec))
+
+
+def ship_darknet(model: torch.nn.Module, run_dir, log) -> None:
+    """A Darknet student also ships as ``student.cfg`` + ``student.weights`` (Darknet and OpenCV run them)."""
+    if not callable(getattr(model, "cfg_text", None)):
+        return
+    save_cfg(model, run_dir / "student.cfg")
+    save_weights(model, run_dir / "student.weights")
+    log(f"written: {run_dir / 'student.cfg'} and student.weights (Darknet format)")
 
 
 def summary_row(name: str, model, spec: dict, result: dict, data: TaskData, recipe: Recipe) -> dict:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..build import build_terms
 from ..config import SpeedConfig, StageConfig
 from ..data.task import TaskData
+from ..detection.heads import heads_context
 from ..distiller import Distiller
 from ..errors import ConfigError, TrainingDiverged
 from .cache import TeacherCache, cache_refusal, open_teacher_cache
@@ -128,7 +129,9 @@ class Stage:
             torch.set_rng_state(state["rng"])  # resumed at a stage boundary: draw what an unbroken run draws
         self.loader = t.data.train_loader(cfg.batch_size, cfg.augment, t.seed + self.index, t.d.rank, t.d.world)
         example = to_device(t.data.example_batch()[0], device)
-        self.distiller = Distiller(self.student, self.teachers, build_terms(cfg.terms, t.data.context),
+        # detection terms read the heads (strides, anchors, decoding) of these models, not the task's
+        context = heads_context(t.data.context, self.student, self.teachers)
+        self.distiller = Distiller(self.student, self.teachers, build_terms(cfg.terms, context),
                                    example_inputs=example)
         self.distiller.to(device)
         set_trainable(self.student, cfg, self.distiller, example)

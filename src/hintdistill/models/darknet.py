@@ -3,7 +3,7 @@
 ``model.layers`` is an ``nn.ModuleList`` indexed like Darknet's own table, so ``layers.54`` is Darknet's layer
 54 (tappable as a hint or guided layer). ``forward(x)`` returns the ``[yolo]`` heads' raw maps
 ``[B, A, H, W, 5+C]`` ordered by stride ascending, the layout of the built-in ``yolo`` family
-(``detection.boxes``), with the head contract alongside: ``strides``, ``level_anchors`` (``[A, 2]`` input
+(``detection.heads``), with the head contract alongside: ``strides``, ``level_anchors`` (``[A, 2]`` input
 pixels per level), ``head_specs`` and ``decode`` / ``postprocess``. Box decoding per head (Darknet's
 ``yolo_layer.c``, s = ``scale_x_y``, (i, j) the cell, σ the logistic):
 
@@ -19,7 +19,6 @@ can use logits). So a ``new_coords=1, scale_x_y=2`` head decodes exactly as YOLO
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..detection.heads import HeadSpec, decode_level
 from ..errors import ConfigError
 from .darknet_cfg import (
     Layer,
@@ -127,18 +127,6 @@ class YoloLayer(nn.Module):
         return x.view(b, self.num_anchors, self.num_outputs, h, w).permute(0, 1, 3, 4, 2)
 
 
-@dataclass(frozen=True)
-class HeadSpec:
-    """One detection level: the Darknet layer index of its ``[yolo]``, stride, anchors (w, h input pixels)."""
-
-    layer: int
-    stride: int
-    anchors: tuple[tuple[float, float], ...]
-    decoding: str  # "darknet" (exp) or "darknet_new_coords" ((2σ)²)
-    scale_x_y: float
-    num_classes: int
-
-
 def _module(layer: Layer, network: Network) -> nn.Module:
     p = layer.params
     if layer.kind == "convolutional":
@@ -169,9 +157,9 @@ class DarknetModel(nn.Module):
         self._kept = {i for layer in network.layers for i in layer.inputs if i != layer.index - 1}
         heads = sorted(network.heads, key=lambda h: network.layers[h.index - 1].stride)  # stable: cfg order on ties
         self._head_order = [h.index for h in heads]
-        self.head_specs = [HeadSpec(h.index, network.layers[h.index - 1].stride, tuple(h.params["anchors"]),
+        self.head_specs = [HeadSpec(network.layers[h.index - 1].stride, tuple(h.params["anchors"]),
                                     "darknet_new_coords" if h.params["new_coords"] else "darknet",
-                                    h.params["scale_x_y"], h.params["classes"]) for h in heads]
+                                    h.params["scale_x_y"], h.index, h.params["classes"]) for h in heads]
         self.num_classes = self.head_specs[0].num_classes
         self.input_size = (network.height, network.width)  # [net]'s size; multiples of the largest stride run too
         # derived from the cfg, so not in the state_dict; buffers so they follow .to(device)
@@ -207,19 +195,7 @@ class DarknetModel(nn.Module):
 
     def decode_level(self, raw: torch.Tensor, level: int) -> torch.Tensor:
         """One level's raw map → ``[B, A, H, W, 5+C]``: ``x1, y1, x2, y2`` (input pixels), objectness, classes."""
-        spec = self.head_specs[level]
-        _, _, h, w, _ = raw.shape
-        jj, ii = torch.meshgrid(torch.arange(h, device=raw.device), torch.arange(w, device=raw.device),
-                                indexing="ij")
-        grid = torch.stack([ii, jj], dim=-1).to(raw.dtype)
-        s = spec.scale_x_y
-        xy = (raw[..., :2].sigmoid() * s - (s - 1) / 2 + grid) * spec.stride
-        anchors = self.level_anchors[level].to(raw.device, raw.dtype).view(1, -1, 1, 1, 2)
-        if spec.decoding == "darknet_new_coords":
-            wh = (2 * raw[..., 2:4].sigmoid()) ** 2 * anchors
-        else:
-            wh = raw[..., 2:4].exp() * anchors
-        return torch.cat([xy - wh / 2, xy + wh / 2, raw[..., 4:].sigmoid()], dim=-1)
+        return decode_level(raw, self.head_specs[level])
 
     def decode(self, raw_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Raw maps → ``[B, N, 5+C]``: ``x1, y1, x2, y2`` (input pixels), objectness, class probabilities."""
@@ -258,10 +234,39 @@ def edit_heads(sections: list, num_classes: int | None, anchors: Any) -> None:
             conv.options["filters"] = str(n_mask * (5 + num_classes))
 
 
+def _per_level(anchors: Any) -> bool:
+    """Anchors given per level (``[[[w, h], ...], ...]``, e.g. a teacher's) rather than as one list of pairs."""
+    return isinstance(anchors, (list, tuple)) and bool(anchors) and isinstance(anchors[0], (list, tuple)) \
+        and bool(anchors[0]) and isinstance(anchors[0][0], (list, tuple))
+
+
+def set_level_anchors(sections: list, levels: Sequence[Sequence[Sequence[float]]]) -> None:
+    """Write per-level anchors (levels by stride ascending, as ``head_specs``) into each ``[yolo]``'s masked
+    anchor slots; a different number of levels or of anchors per level is a ConfigError saying which."""
+    network = network_from_sections(sections)
+    heads = sorted(network.heads, key=lambda h: network.layers[h.index - 1].stride)
+    counts = [len(h.params["anchors"]) for h in heads]
+    if [len(level) for level in levels] != counts:
+        raise ConfigError(f"{network.sections[0].source}: {len(levels)} levels with {[len(v) for v in levels]} "
+                          f"anchors given, but the cfg's heads (by stride) have {counts}; anchors per level must "
+                          f"line up (give all pairs as one list, or anchors: cfg)")
+    for head, level in zip(heads, levels, strict=True):
+        sec = head.section
+        numbers = sec.numbers("anchors")
+        pairs = [(numbers[2 * i], numbers[2 * i + 1]) for i in range(len(numbers) // 2)]
+        for m, (w, h) in zip(sec.integers("mask", list(range(len(pairs)))), level, strict=True):
+            pairs[m] = (float(w), float(h))
+        sec.options["anchors"] = ", ".join(f"{w:g},{h:g}" for w, h in pairs)
+
+
 def build_darknet(cfg: str | Path, weights: str | Path | None = None, num_classes: int | None = None,
                   anchors: Any = None, weights_upto: int | None = None) -> DarknetModel:
-    """Build a DarknetModel from a cfg path (or cfg text) and optionally load ``.weights``."""
+    """Build a DarknetModel from a cfg path (or cfg text) and optionally load ``.weights``. ``anchors``: None or
+    "cfg" (the cfg's own), all (w, h) pairs as the heads' ``num``, or per level by stride (a teacher's)."""
     sections = parse_sections(*read_cfg(cfg))
+    if _per_level(anchors):
+        set_level_anchors(sections, anchors)
+        anchors = None
     edit_heads(sections, num_classes, None if anchors in (None, "cfg") else anchors)
     model = DarknetModel(network_from_sections(sections))
     if weights:
@@ -269,7 +274,7 @@ def build_darknet(cfg: str | Path, weights: str | Path | None = None, num_classe
     return model
 
 
-@register("darknet")
+@register("darknet", fixed=("anchors",))  # a cfg has its anchors: data k-means does not replace them
 def darknet(cfg: str, weights: str | None = None, num_classes: int | None = None, anchors: Any = None,
             weights_upto: int | None = None) -> DarknetModel:
     """Registry factory: ``{"name": "darknet", "args": {"cfg": "yolov4.cfg", "weights": "yolov4.weights"}}``."""

@@ -15,16 +15,24 @@ from torch import nn
 from ..errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_FIXED: dict[str, tuple[str, ...]] = {}  # args a model's own definition sets (a Darknet cfg's anchors)
 
 
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: make a model factory buildable by ``name`` from recipes and the CLI."""
+def register(name: str, fixed: tuple[str, ...] = ()) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make a model factory buildable by ``name`` from recipes and the CLI. ``fixed``: args that
+    the model's own definition sets, which data-derived defaults must not override (only the recipe may)."""
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = factory
+        _FIXED[name] = tuple(fixed)
         return factory
 
     return deco
+
+
+def data_defaults(name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The data's default args (num_classes, k-means anchors) that model ``name`` takes from the data."""
+    return {k: v for k, v in defaults.items() if k not in _FIXED.get(name, ())}
 
 
 def available() -> list[str]:

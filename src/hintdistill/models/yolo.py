@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
-from ..detection.boxes import decode_level
+from ..detection.heads import HeadSpec, decode
 from ..errors import ConfigError
 from .registry import register
 
@@ -176,14 +176,17 @@ class YOLO(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.head(self.neck(*self.backbone(x)))
 
+    @property
+    def head_specs(self) -> list[HeadSpec]:
+        """The head contract (``detection.heads``): strides 8, 16, 32, the anchors buffer (so a loaded
+        checkpoint's anchors count), YOLOv5's box decoding."""
+        return [HeadSpec(float(stride), tuple((float(w), float(h)) for w, h in anchors.tolist()), "yolov5",
+                         num_classes=self.num_classes)
+                for anchors, stride in zip(self.anchors, self.strides.tolist(), strict=True)]
+
     def decode(self, raw_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Raw maps → ``[B, N, 5+C]``: ``x1, y1, x2, y2`` (input pixels), objectness, class probabilities."""
-        out = []
-        for raw, anchors, stride in zip(raw_maps, self.anchors, self.strides.tolist(), strict=True):
-            boxes = decode_level(raw, anchors, stride)
-            probs = raw[..., 4:].sigmoid()
-            out.append(torch.cat([boxes, probs], dim=-1).flatten(1, 3))
-        return torch.cat(out, dim=1)
+        return decode(raw_maps, self.head_specs)
 
     @torch.no_grad()
     def postprocess(self, raw_maps: Sequence[torch.Tensor], conf_thresh: float = 0.25, iou_thresh: float = 0.45,

@@ -61,9 +61,12 @@ from torchvision.ops import box_iou
 
 from ..detection.assign import assign_targets, target_box_params
 from ..detection.boxes import box_params, ciou
+from ..detection.heads import HeadSpec, describe, head_differences
+from ..detection.heads import box_params as head_box_params
 from ..detection.loss import (
     YoloLoss,
-    as_anchor_tensor,
+    anchor_buffer,
+    as_heads,
     detector_context,
     gain_scales,
     head_maps,
@@ -77,15 +80,34 @@ from .hints import HintLoss
 from .registry import HintPair, TermConfig, register_term, weight_text
 
 
-def _check_same_heads(student: Outputs, teacher: Outputs, term: str) -> tuple[list, list]:
+def _check_same_heads(student: Outputs, teacher: Outputs, term: str, s_heads: Sequence[HeadSpec] | None = None,
+                      t_heads: Sequence[HeadSpec] | None = None) -> tuple[list, list]:
+    """The two detectors' raw maps, if they can be compared anchor by anchor and cell by cell: same levels
+    (strides), anchors per level and anchor sizes (when both heads are known) and classes; else what differs."""
     s_maps, t_maps = head_maps(student), head_maps(teacher, "teacher")
     s_shapes, t_shapes = [tuple(m.shape) for m in s_maps], [tuple(m.shape) for m in t_maps]
-    if s_shapes != t_shapes:
+    differs = head_differences(s_heads, t_heads) if s_heads and t_heads else []
+    if s_shapes != t_shapes or differs:
+        s_cls, t_cls = s_maps[0].shape[-1] - 5, t_maps[0].shape[-1] - 5
+        if s_cls != t_cls:
+            differs.append(f"classes: student {s_cls}, teacher {t_cls} (a class map is not supported: train "
+                           f"both on the same data.classes)")
+        what = "; ".join(differs) or f"student heads are {s_shapes}, teacher heads {t_shapes}"
         raise ShapeError(
             f"{term} compares the raw head maps cell by cell, so teacher and student need the same levels, "
-            f"anchors and classes; student heads are {s_shapes}, teacher heads {t_shapes}. Build the student "
-            f"with the teacher's num_classes and anchors (anchors=teacher.anchors), or use NeckHints.")
+            f"anchors and classes; {what}. Build the student with the teacher's num_classes and anchors "
+            f"(student args anchors: teacher), or use NeckHints / pkd, which compare neck features.")
     return s_maps, t_maps
+
+
+def _level_params(raw: torch.Tensor, heads: Sequence[HeadSpec] | None, level: int) -> torch.Tensor:
+    """The box parameters of a raw map (or its picked rows) as its own head decodes them (YOLOv5's without)."""
+    return box_params(raw) if not heads else head_box_params(raw, heads[level])
+
+
+def _teacher_heads(context: dict, teacher_index: int) -> list[HeadSpec] | None:
+    teachers = context.get("teacher_heads") or []
+    return list(teachers[teacher_index]) if teacher_index < len(teachers) and teachers[teacher_index] else None
 
 
 def bernoulli_kl(student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -116,24 +138,32 @@ class ObjectnessScaledKD(Term):
         lambda_d: float = 1.0
         fm_nms: bool = True
 
-    def __init__(self, lambda_d: float = 1.0, fm_nms: bool = True, teacher_index: int = 0):
+    def __init__(self, lambda_d: float = 1.0, fm_nms: bool = True, teacher_index: int = 0,
+                 heads: Sequence[HeadSpec] | None = None, teacher_heads: Sequence[HeadSpec] | None = None):
         super().__init__()
         self.lambda_d, self.fm_nms, self.teacher_index = lambda_d, fm_nms, teacher_index
+        # each side's box parameters as its own head decodes them (YOLOv5's when not given)
+        self.heads, self.teacher_heads = heads, teacher_heads
+
+    @classmethod
+    def from_config(cls, cfg: TermConfig, context: dict) -> ObjectnessScaledKD:
+        return cls(**cfg.term_args(), heads=context.get("heads"), teacher_heads=_teacher_heads(context, 0))
 
     def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
-        _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
+        _check_same_heads(student, teachers[self.teacher_index], type(self).__name__, self.heads, self.teacher_heads)
 
     def forward(self, student: Outputs, teachers: list[Outputs], targets: Any = None) -> torch.Tensor:
         s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
         total = s_maps[0].sum() * 0
-        for s, t in zip(s_maps, t_maps, strict=True):
+        for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             s, t = s.float(), t.detach().float()
             t_obj = t[..., 4].sigmoid()
             if self.fm_nms:
                 t_obj = t_obj * fm_nms(t_obj, t[..., 5:].sigmoid())
             obj = bernoulli_kl(s[..., 4], t_obj).mean()
             cls = (t_obj * bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)).mean()
-            box = (t_obj * ((box_params(s) - box_params(t)) ** 2).sum(-1)).mean()
+            r_s, r_t = _level_params(s, self.heads, level), _level_params(t, self.teacher_heads, level)
+            box = (t_obj * ((r_s - r_t) ** 2).sum(-1)).mean()
             total = total + obj + cls + box
         return self.lambda_d * total
 
@@ -174,15 +204,17 @@ class ChenDetectionKD(Term):
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), mu: float = 0.5,
                  temperature: float = 1.0, background_weight: float = 1.5, margin: float = 0.0, nu: float = 0.5,
                  anchor_t: float = 4.0, teacher_index: int = 0, regression: str = "bounded_iou",
-                 hard: dict | None = None):
+                 hard: dict | None = None, teacher_heads: Sequence[HeadSpec] | None = None):
         super().__init__()
         if not 0.0 <= mu <= 1.0:
             raise ConfigError(f"ChenDetectionKD mu={mu}: mu is the hard-loss share and must be in [0, 1]")
         if regression not in REGRESSIONS:
             raise ConfigError(f"ChenDetectionKD regression='{regression}': choose one of {', '.join(REGRESSIONS)}")
         self.regression = regression
-        self.register_buffer("anchors", as_anchor_tensor(anchors))
-        self.strides = [float(s) for s in strides]
+        self.heads = as_heads(anchors, strides)  # the student's; the teacher's must line up with them
+        self.teacher_heads = list(teacher_heads) if teacher_heads else self.heads
+        self.register_buffer("anchors", anchor_buffer(self.heads))
+        self.strides = [h.stride for h in self.heads]
         self.mu, self.temperature, self.background_weight = mu, temperature, background_weight
         self.margin, self.nu, self.anchor_t, self.teacher_index = margin, nu, anchor_t, teacher_index
         self.obj_weight = (hard or {}).get("obj_weight", 1.0)  # the soft loss's gain (the hard one's is μ × it)
@@ -191,22 +223,22 @@ class ChenDetectionKD(Term):
 
     @classmethod
     def from_config(cls, cfg: TermConfig, context: dict) -> ChenDetectionKD:
-        anchors, strides = detector_context(cfg.type, context)
+        heads, strides = detector_context(cfg.type, context)
         args = cfg.term_args()
         hard = {k: args.pop(k) for k in HARD_GAINS if args.get(k) is not None}
         hard["normalise"] = args.pop("normalise")
         for k in HARD_GAINS:
             args.pop(k, None)
-        return cls(anchors, strides, hard=hard, **args)
+        return cls(heads, strides, hard=hard, teacher_heads=_teacher_heads(context, 0), **args)
 
     def yolo_loss(self, **kwargs: Any) -> YoloLoss:
         """The hard part μ · L_hard: a YoloLoss with objectness and class weights scaled by μ."""
         kwargs["obj_weight"] = self.mu * kwargs.get("obj_weight", 1.0)
         kwargs["cls_weight"] = self.mu * kwargs.get("cls_weight", 0.5)
-        return YoloLoss(self.anchors, self.strides, anchor_t=self.anchor_t, **kwargs)
+        return YoloLoss(self.heads, self.strides, anchor_t=self.anchor_t, **kwargs)
 
     def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
-        _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
+        _check_same_heads(student, teachers[self.teacher_index], type(self).__name__, self.heads, self.teacher_heads)
 
     def soft_loss(self, s_maps: list[torch.Tensor], t_maps: list[torch.Tensor]) -> torch.Tensor:
         """Σ_c w_c P_t,c (log P_t,c − log P_s,c) per anchor and cell, averaged per level and summed over levels
@@ -230,21 +262,22 @@ class ChenDetectionKD(Term):
         - ``bounded``: the paper's ‖R_s − y‖² where ‖R_s − y‖² + m > ‖R_t − y‖², with R the head's box
           parameters (centre offset in cells, size in anchors), unscaled;
         - ``l2``: ‖R_s − R_t‖², the teacher's box as the target whatever its error (Table 4's L2)."""
-        anchors = self.anchors.to(s_maps[0].device)
+        anchors = self.hard.level_anchors(s_maps[0].device)
         positives = assign_targets(targets, anchors, self.strides, [tuple(m.shape[2:4]) for m in s_maps],
-                                   self.anchor_t)
+                                   self.anchor_t, [h.neighbours for h in self.heads])
         losses = []
         for level, (s, t, pos) in enumerate(zip(s_maps, t_maps, positives, strict=True)):
             if not len(pos):
                 continue
             if self.regression == "bounded_iou":
-                e_s = 1 - ciou(predicted_boxes(s.float(), pos, anchors[level], self.strides[level]), pos.boxes)
+                stride, s_head, t_head = self.strides[level], self.heads[level], self.teacher_heads[level]
+                e_s = 1 - ciou(predicted_boxes(s.float(), pos, anchors[level], stride, s_head), pos.boxes)
                 with torch.no_grad():
-                    e_t = 1 - ciou(predicted_boxes(t.float(), pos, anchors[level], self.strides[level]), pos.boxes)
+                    e_t = 1 - ciou(predicted_boxes(t.float(), pos, anchors[level], stride, t_head), pos.boxes)
                 losses.append(e_s * (e_s + self.margin > e_t))
                 continue
-            r_s = box_params(s[pos.batch, pos.anchor, pos.gj, pos.gi].float())
-            r_t = box_params(t[pos.batch, pos.anchor, pos.gj, pos.gi].detach().float())
+            r_s = head_box_params(s[pos.batch, pos.anchor, pos.gj, pos.gi].float(), self.heads[level])
+            r_t = head_box_params(t[pos.batch, pos.anchor, pos.gj, pos.gi].detach().float(), self.teacher_heads[level])
             if self.regression == "l2":
                 losses.append(((r_s - r_t) ** 2).sum(-1))
                 continue
@@ -326,6 +359,10 @@ class NeckHints(Term):
 
     @classmethod
     def from_config(cls, cfg: TermConfig, context: dict) -> NeckHints:
+        # the mask is drawn on the teacher's feature grid, so with the teacher's anchors (the task's without one)
+        heads = _teacher_heads(context, 0) or context.get("heads")
+        if heads:
+            return cls(**cfg.term_args(), anchors=heads)
         return cls(**cfg.term_args(), anchors=context.get("anchors"), strides=context.get("strides", (8, 16, 32)))
 
     def __init__(self, levels: Sequence[tuple[str, str]], distance: str = "l2", adapter: str = "conv1x1",
@@ -345,9 +382,15 @@ class NeckHints(Term):
         self.hints = nn.ModuleList(HintLoss(hint=t, guided=s, adapter=adapter, distance=distance,
                                             teacher_index=teacher_index) for t, s in self.levels)
         self.use_mask, self.psi = imitation_mask, psi
-        self.strides = [float(s) for s in strides]
+        self.strides, self.anchor_counts = [float(s) for s in strides], None
         if anchors is not None:
-            self.register_buffer("anchors", as_anchor_tensor(anchors))
+            heads = as_heads(anchors, strides)
+            if imitation_mask and len(heads) < len(self.levels):
+                raise ConfigError(f"NeckHints: {len(self.levels)} levels but the detector has {len(heads)} heads "
+                                  f"({describe(heads)}); the i-th level's mask uses the i-th head's anchors")
+            self.strides = [h.stride for h in heads]
+            self.register_buffer("anchors", anchor_buffer(heads))
+            self.anchor_counts = [len(h.anchors) for h in heads]
         else:
             self.anchors = None
 
@@ -370,8 +413,8 @@ class NeckHints(Term):
             mask = None
             if self.use_mask:
                 grid = tuple(teachers[hint.teacher_index][feature_key(hint.hint)].shape[2:4])
-                mask = imitation_mask([t["boxes"] for t in targets], self.anchors[level], self.strides[level],
-                                      grid, self.psi)
+                anchors = self.anchors.view(-1, 2).split(self.anchor_counts)[level]
+                mask = imitation_mask([t["boxes"] for t in targets], anchors, self.strides[level], grid, self.psi)
             if self.reduction == "paper":
                 losses.append(self.paper_distance(hint, student, teachers, mask))
             else:

@@ -1,5 +1,5 @@
-"""recipes/demo.yaml (the README's first command): a FitNets hint stage, then KD, on a student far smaller
-than its teacher; checked without training."""
+"""recipes/demo.yaml (the README's first command): a FitNets hint stage, then KD, on a student 9x smaller than
+its teacher; checked without training."""
 
 from pathlib import Path
 
@@ -27,7 +27,7 @@ def test_demo_is_hint_then_kd_with_matching_layers():
     assert recipe.baseline.epochs == kd.epochs  # the baseline trains as long as the KD stage
     teacher = build_model("cnn", {**recipe.teachers[0].args, "num_classes": 10})
     student = build_model("cnn", {**recipe.student.args, "num_classes": 10})
-    assert count_params(teacher) > 30 * count_params(student)
+    assert count_params(teacher) > 9 * count_params(student)
     x = torch.randn(2, 1, 28, 28)
     t = Taps(teacher, [hint.terms[0].hint], "teacher").run(x)[feature_key("features.stage2")]
     s = Taps(student, [hint.terms[0].guided], "student").run(x)[feature_key("features.stage2")]

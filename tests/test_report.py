@@ -64,7 +64,8 @@ def cls_run(tmp_path_factory) -> Path:
 def test_every_run_writes_a_self_contained_report(cls_run):
     page = cls_run / "report.html"  # written by the pipeline itself at the end of the run
     text = page.read_text()
-    assert embedded_images(page) == ["curves", "features_0_features.stage2__features.stage2"]
+    assert embedded_images(page) == ["curves", "features_0_features.stage2__features.stage2", "soft_targets",
+                                     "disagreements"]
     assert sorted(p.stem for p in (cls_run / "figures").glob("*.png")) == sorted(embedded_images(page))
     assert 'id="problems"' not in text
     for needle in ("test acc", "teacher", "baseline", "distilled", "hint features.stage2 ← features.stage2",

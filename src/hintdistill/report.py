@@ -2,8 +2,9 @@
 
 It holds the summary table (teacher / baseline / distilled: accuracy or mAP, params, GFLOPs, latency,
 training time), the training curves of every phase, the feature maps of every hint pair on the first
-test image, a detector's boxes on that image, the distillation stages and the recipe. Each figure is
-also written to ``RUN/figures/<name>.png``. A figure that cannot be drawn never stops the run: the
+test image, a detector's boxes on that image, a classifier's softened class distributions (teacher vs
+distilled student at the recipe's KD temperature) and the test images where the two disagree, the
+distillation stages and the recipe. Each figure is also written to ``RUN/figures/<name>.png``. A figure that cannot be drawn never stops the run: the
 report names it and says why.
 """
 
@@ -195,6 +196,21 @@ class RunReport(Report):
                         lambda: fg.detection_figure(example.image, viz.detection_panels(run, example), names,
                                                     viz.CONF_THRESH))
 
+    def dark_knowledge_section(self) -> None:
+        from . import dark_knowledge as dk  # matplotlib, like figures
+
+        run = self.run or run_folder.Run(self.run_dir)
+        pred = dk.class_predictions(run)
+        self.add(f'<p id="disagreements">Soft targets at {html.escape(pred.source)}; '
+                 f"{html.escape(dk.disagreement_text(pred))}.</p>")
+        self.figure("soft_targets", f"Teacher and distilled student softmax(z / T) per class on {dk.SHOWN} test "
+                    f"images (the first where they disagree, then the first where they agree), at T = "
+                    f"{pred.temperature:g}" + (" and T = 1" if pred.temperature != 1 else ""),
+                    lambda: dk.soft_targets_figure(pred, dk.chosen_examples(pred)))
+        if len(pred.disagreements()):
+            self.figure("disagreements", "Test images where teacher and distilled student disagree: true label, "
+                        "each model's prediction and its confidence", lambda: dk.disagreement_figure(pred))
+
     def recipe_section(self) -> None:
         if self.run is not None and self.run.recipe is not None:
             self.add(stages_table(self.run.recipe))
@@ -224,6 +240,8 @@ def write_report(run_dir: str | Path) -> Path:
     report.section("Results", report.summary_section)
     report.section("Training curves", report.curves_section)
     report.section("Feature maps and detections", report.features_section)
+    if (report.run.task if report.run else None) == "classification":
+        report.section("What is distilled: soft targets and disagreements", report.dark_knowledge_section)
     report.section("Distillation stages and recipe", report.recipe_section)
     path = run_dir / "report.html"
     path.write_text(report.page(), encoding="utf-8")

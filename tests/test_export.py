@@ -102,7 +102,7 @@ def test_bad_sources_give_clear_errors(tmp_path, capsys, monkeypatch):
     save(CNN, tmp_path / "model.pt")
     with pytest.raises(ConfigError, match="give --input-shape C,H,W"):
         export_onnx(tmp_path / "model.pt")
-    assert main(["export", str(tmp_path / "missing.pt")]) == 1
+    assert main(["export", str(tmp_path / "missing.pt")]) == 2  # a user error (RELIABILITY.md): exit 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.pt does not exist" in err and "Traceback" not in err
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed

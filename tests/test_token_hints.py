@@ -8,7 +8,8 @@ from torch import nn
 from hintdistill import Distiller, HintLoss, ShapeError
 from hintdistill.adapters import build_adapter, tokens_to_map
 from hintdistill.build import build_term
-from hintdistill.config import HintTerm
+
+HintTerm = HintLoss.Config  # the hint term's recipe schema (the term registry)
 
 # class token [9, 9], then token k = [k, 10k] for k = 1..4 on a 2 x 2 grid (row-major)
 TOKENS = torch.tensor([[[9.0, 9.0], [1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]]])

@@ -173,7 +173,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_recipe, tea
     def nan_in_epoch_two(self, *args, **kwargs):
         calls["n"] += 1
         value = forward(self, *args, **kwargs)
-        return value * float("nan") if calls["n"] > STEPS_PER_EPOCH + 2 else value
+        # call 1 is the dry run's (issue 12), calls 2..9 epoch 1
+        return value * float("nan") if calls["n"] > 1 + STEPS_PER_EPOCH + 2 else value
 
     monkeypatch.setattr(SoftTargetKD, "forward", nan_in_epoch_two)
     with pytest.raises(TrainingDiverged) as err:

@@ -9,15 +9,14 @@ import yaml
 
 from .. import report
 from ..build import build_data, instantiate, model_spec
-from ..checks import check_model_fits_data  # issue 12
+from ..checks import check_model_fits_data, check_num_classes  # issue 12
 from ..config import Recipe
 from ..data.sanity import dropped_note  # issue 12
 from ..data.task import TaskData
-from ..errors import ShapeError
 from ..metrics import count_params, cpu_latency_ms, gflops
-from ..taps import outputs_from
 from .checkpoint import load_teacher_weights
 from .distributed import Dist, barrier, cleanup, init_distributed
+from .dryrun import dry_run
 from .loop import Phase, as_stage
 from .stage import PhaseTrainer
 
@@ -25,23 +24,6 @@ from .stage import PhaseTrainer
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def check_num_classes(model: torch.nn.Module, data: TaskData, role: str) -> None:
-    """A classifier must predict the data's classes; found here, not as an index error deep in training."""
-    if data.kind != "classification":
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        width = outputs_from(model(data.example_batch(2)[0]))["logits"].shape[1]
-    finally:
-        model.train(was_training)
-    if width != data.num_classes:
-        raise ShapeError(f"the {role} predicts {width} classes but the data has {data.num_classes}: remove "
-                         f"num_classes from the {role}'s args (it defaults to the data's) or set it to "
-                         f"{data.num_classes}.")
 
 
 def run_recipe(recipe: Recipe, log=print) -> dict:
@@ -65,6 +47,7 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     student = check_model_fits_data(instantiate(model_spec(recipe.student, data.model_defaults)), data, "student",
                                     recipe.data.name)  # issue 12: channels and class counts
     check_num_classes(student, data, "student")
+    dry_run(recipe, data)  # issue 12: every stage's layers, shapes and adapters on one batch, before any training
 
     teachers = []
     for i, tcfg in enumerate(recipe.teachers):

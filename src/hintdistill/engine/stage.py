@@ -124,7 +124,7 @@ class Stage:
         self.loader = t.data.train_loader(cfg.batch_size, cfg.augment, t.seed + self.index, t.d.rank, t.d.world)
         example = to_device(t.data.example_batch()[0], device)
         self.distiller = Distiller(self.student, self.teachers, build_terms(cfg.terms, t.data.context),
-                                   example_inputs=example)
+                                   example_inputs=example, on_nonfinite="ignore")
         self.distiller.to(device)
         set_trainable(self.student, cfg, self.distiller, example)
         self.optimizer = make_optimizer(cfg, self.distiller.trainable_parameters())

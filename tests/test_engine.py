@@ -1,5 +1,6 @@
 """The engine on tiny real data (512 Fashion-MNIST images): outputs, resume, skip, NaN guard, bad checkpoints."""
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ from hintdistill.distiller import Distiller
 from hintdistill.engine.checkpoint import load_model, safe_load, save_model
 from hintdistill.engine.logging import read_metrics
 from hintdistill.engine.pipeline import run_recipe
+from hintdistill.engine.stage import Stage
 from hintdistill.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
 from hintdistill.metrics import evaluate_classifier
 from hintdistill.models import build_model
@@ -164,33 +166,75 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_recipe, teac
     assert epochs[-1] == 3 and sorted(set(epochs)) == [1, 2, 3]
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch,
-                                                      no_report):
-    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
-    forward = SoftTargetKD.forward
-    calls = {"n": 0}
+def poison(monkeypatch, what: str, from_step: int, to_step: int = 99):
+    """Make the distilled stage's epoch 2 non-finite from step ``from_step`` to ``to_step`` (0-based): its input
+    batch (``what="input"``) or its KD term (``what="kd"``, infinite)."""
+    step, forward = Stage.step, SoftTargetKD.forward
+    now = {"kd": False}
 
-    def nan_in_epoch_two(self, *args, **kwargs):
-        calls["n"] += 1
+    def poisoned_step(self, epoch, s, x, y):
+        bad = self.label == "distilled/kd" and epoch == 1 and from_step <= s <= to_step
+        if bad and what == "input":
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        now["kd"] = bad and what == "kd"
+        return step(self, epoch, s, x, y)
+
+    def kd(self, *args, **kwargs):
         value = forward(self, *args, **kwargs)
-        # call 1 is the dry run's (issue 12), calls 2..9 epoch 1
-        return value * float("nan") if calls["n"] > 1 + STEPS_PER_EPOCH + 2 else value
+        return value * float("inf") if now["kd"] else value
 
-    monkeypatch.setattr(SoftTargetKD, "forward", nan_in_epoch_two)
-    with pytest.raises(TrainingDiverged) as err:
-        run(tiny_recipe)
+    monkeypatch.setattr(Stage, "step", poisoned_step)
+    monkeypatch.setattr(SoftTargetKD, "forward", kd)
+
+
+@pytest.mark.parametrize("what, source, advice", [
+    ("kd", "term 'kd'", "Lower the learning rate (0.05) or the weight of term 'kd'"),
+    ("input", "the input batch", "so the learning rate is not the cause: check the data"),
+])
+def test_non_finite_steps_in_a_row_stop_with_the_last_good_checkpoint(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                                      monkeypatch, no_report, what, source, advice):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tiny_recipe["distill"][0]["max_nonfinite_steps"] = 3
+    with monkeypatch.context() as m:
+        poison(m, what, from_step=2)
+        lines: list[str] = []
+        with pytest.raises(TrainingDiverged) as err:
+            run(tiny_recipe, lines)
     ckpt_path = tmp_path / "run" / "distilled" / "checkpoint.pt"
     message = str(err.value)
-    assert "[distilled/kd] loss became nan at epoch 2, step 3/8 (non-finite terms: kd, loss)" in message
-    assert str(ckpt_path) in message and "Lower the learning rate (0.05)" in message
+    assert message.startswith("[distilled/kd] 3 steps in a row were non-finite (max_nonfinite_steps: 3), the last "
+                              f"at epoch 2, step 5/8: {source} (")
+    assert f"the last good checkpoint is kept at {ckpt_path}" in message and advice in message
+    assert ("Lower the learning rate" in message) == (what == "kd")
+    skipped = [line for line in lines if "step skipped" in line]
+    assert skipped == [f"[distilled/kd] epoch 2, step {s}/8: {source} non-finite, step skipped ({n} in a row; the "
+                       f"stage stops at 3)" for n, s in ((1, 3), (2, 4), (3, 5))]
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert state["epoch"] == 1 and state["done"] is False
     assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
 
-    monkeypatch.setattr(SoftTargetKD, "forward", forward)  # "lower the learning rate" and rerun: it resumes
-    _, log = run(tiny_recipe)
+    _, log = run(tiny_recipe)  # the data or the term fixed: the same command resumes
     assert any("resuming from" in line and "at epoch 1" in line for line in log)
     assert (tmp_path / "run" / "distilled" / "model.pt").is_file()
+
+
+def test_sporadic_non_finite_steps_are_skipped_and_counted(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                           monkeypatch, no_report):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    clean = copy.deepcopy(tiny_recipe)
+    clean["output_dir"] = str(tmp_path / "clean")
+    run(clean)
+    poison(monkeypatch, "kd", from_step=3, to_step=4)
+    _, lines = run(tiny_recipe)
+    records = read_metrics(tmp_path / "run" / "distilled" / "metrics.jsonl")
+    assert [r["nonfinite_steps"] for r in records] == [0, 2]
+    assert any(line.endswith("| 2 non-finite steps skipped") for line in lines)
+    assert all(math.isfinite(v) for r in records for k, v in r.items() if k.startswith("train/"))
+    # epoch 1 is the same as a clean run's: the skipped steps come after it
+    first = read_metrics(tmp_path / "clean" / "distilled" / "metrics.jsonl")[0]
+    assert records[0]["train/loss"] == first["train/loss"]
+    assert records[1]["train/loss"] != read_metrics(tmp_path / "clean" / "distilled" / "metrics.jsonl")[1]["train/loss"]
 
 
 def test_corrupt_resume_checkpoint_names_the_file(tmp_path, tiny_recipe, no_report):

@@ -4,8 +4,8 @@
 its stages; a ``Stage`` is one span of epochs with its own terms, trainable modules and optimizer:
 ``build`` (loader, Distiller, optimizer, LR schedule), ``resume``, ``run_epoch``, ``evaluate``,
 ``checkpoint`` after every epoch, ``close`` (removes its forward hooks). Resume is exact: the RNG state,
-optimizer and schedule are restored where the last finished epoch left them; a NaN loss stops the run
-with the last good checkpoint kept.
+optimizer and schedule are restored where the last finished epoch left them; a non-finite batch is skipped
+and counted, and ``max_nonfinite_steps`` of them in a row stop the run with the last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from ..build import build_terms
 from ..config import StageConfig
 from ..data.task import TaskData
 from ..distiller import Distiller
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError
+from ..finite import NonFiniteError
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
 from .logging import MetricsLog
 from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device
+from .nonfinite import NonFiniteGuard
 
 
 class PhaseTrainer:
@@ -124,12 +126,13 @@ class Stage:
         self.loader = t.data.train_loader(cfg.batch_size, cfg.augment, t.seed + self.index, t.d.rank, t.d.world)
         example = to_device(t.data.example_batch()[0], device)
         self.distiller = Distiller(self.student, self.teachers, build_terms(cfg.terms, t.data.context),
-                                   example_inputs=example, on_nonfinite="ignore")
+                                   example_inputs=example)
         self.distiller.to(device)
         set_trainable(self.student, cfg, self.distiller, example)
         self.optimizer = make_optimizer(cfg, self.distiller.trainable_parameters())
         self.scheduler = make_scheduler(cfg, self.optimizer, len(self.loader))
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.use_amp)
+        self.guard = NonFiniteGuard(self)  # issue 12: non-finite steps skipped and counted
 
     def resume(self) -> None:
         """Continue a stage interrupted after a finished epoch: adapters, optimizer, schedule and RNG."""
@@ -171,10 +174,13 @@ class Stage:
         self.loader.set_epoch(self.first_epoch + epoch)
         sums: dict[str, float] = {}
         steps = 0
+        self.guard.in_epoch = 0
         bar = tqdm(self.loader, desc=f"{self.label} {epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=None if self.trainer.d.main else True, file=sys.stderr)
         for step, (x, y) in enumerate(bar):
             losses = self.step(epoch, step, x, y)
+            if losses is None:
+                continue
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps += 1
@@ -182,27 +188,32 @@ class Stage:
                 bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
         return {k: v / max(steps, 1) for k, v in sums.items()}, time.perf_counter() - t0
 
-    def step(self, epoch: int, step: int, x, y) -> dict[str, torch.Tensor]:
-        """One optimizer step on one batch (AMP, gradient clipping, per-step LR); a non-finite loss stops."""
+    def step(self, epoch: int, step: int, x, y) -> dict[str, torch.Tensor] | None:
+        """One optimizer step on one batch (AMP, gradient clipping, per-step LR); None when the batch was skipped
+        as non-finite (no optimizer or LR step)."""
         device, use_amp = self.trainer.device, self.trainer.use_amp
         x, y = to_device(x, device), to_device(y, device)
         self.distiller.set_epoch(epoch + step / len(self.loader))
-        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-            _, losses = self.model(x, y)
+        failure = None
+        try:  # a NaN/inf input or loss: the Distiller raises before any backward, BN statistics put back
+            with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+                _, losses = self.model(x, y)
+        except NonFiniteError as e:
+            failure = e
+        failure = self.guard.agree(failure, self.trainer.d, device)
+        if failure is not None:
+            return self.guard.skip(epoch, step, failure)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-            raise TrainingDiverged(
-                f"[{self.label}] loss became {float(loss.detach())} at epoch {epoch + 1}, "
-                f"step {step + 1}/{len(self.loader)} (non-finite terms: {', '.join(bad)}). The last good "
-                f"checkpoint is kept at {self.trainer.ckpt_path}. "
-                f"Lower the learning rate ({self.cfg.optimizer.lr}) or the terms' weights, then rerun to resume."
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        norm = None
         if self.cfg.grad_clip_norm:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip_norm)
+        failure = self.guard.gradients(norm, use_amp)
+        if failure is not None:
+            return self.guard.skip(epoch, step, failure)
+        self.guard.good()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -222,14 +233,16 @@ class Stage:
         step = self.first_epoch + epoch + 1
         record = {"phase": t.phase.name, "stage": self.cfg.name, "epoch": step,
                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(train_s, 3),
-                  **{f"train/{k}": v for k, v in means.items()}, **{f"test/{k}": v for k, v in numbers.items()}}
+                  **{f"train/{k}": v for k, v in means.items()}, **{f"test/{k}": v for k, v in numbers.items()},
+                  "nonfinite_steps": self.guard.in_epoch}
         for name in self.distiller.weights:
             record[f"weight/{name}"] = self.distiller.weight(name)
         t.metrics_log.log(record, step)
         losses_txt = " ".join(f"{k} {v:.4f}" for k, v in means.items())
         metric_txt = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in numbers.items()) if tested else "-"
-        t.say(f"[{self.label}] epoch {step}/{t.total_epochs} {losses_txt} | test {metric_txt} | {train_s:.1f}s")
+        skipped = f" | {self.guard.in_epoch} non-finite steps skipped" if self.guard.in_epoch else ""
+        t.say(f"[{self.label}] epoch {step}/{t.total_epochs} {losses_txt} | test {metric_txt} | {train_s:.1f}s{skipped}")
 
     def checkpoint(self, epoch: int) -> None:
         """Everything needed to resume after this epoch."""

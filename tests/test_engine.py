@@ -3,6 +3,8 @@
 import copy
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,11 @@ from hintdistill.build import build_data
 from hintdistill.config import recipe_from_dict
 from hintdistill.distiller import Distiller
 from hintdistill.engine.checkpoint import load_model, safe_load, save_model
+from hintdistill.engine.interrupt import STOP, stop_at_step_boundary
 from hintdistill.engine.logging import read_metrics
 from hintdistill.engine.pipeline import run_recipe
 from hintdistill.engine.stage import Stage
-from hintdistill.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
+from hintdistill.errors import CheckpointError, ConfigError, Interrupted, ShapeError, TrainingDiverged
 from hintdistill.metrics import evaluate_classifier
 from hintdistill.models import build_model
 from hintdistill.terms import SoftTargetKD
@@ -164,6 +167,54 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_recipe, teac
     assert_same_weights(weights(tmp_path / "crashed" / "distilled" / "model.pt"), expected)
     epochs = [r["epoch"] for r in read_metrics(tmp_path / "crashed" / "distilled" / "metrics.jsonl")]
     assert epochs[-1] == 3 and sorted(set(epochs)) == [1, 2, 3]
+
+
+def signal_at(monkeypatch, call: int, signum: int):
+    """Send ``signum`` to this process during the ``call``-th training step (1-based), as Ctrl-C or kill would."""
+    step = Stage.step
+    calls = {"n": 0}
+
+    def signalling(self, *args):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signum)
+        return step(self, *args)
+
+    monkeypatch.setattr(Stage, "step", signalling)
+
+
+def numbers(path):
+    """metrics.jsonl without the wall-clock times."""
+    return [{k: v for k, v in r.items() if k != "epoch_s"} for r in read_metrics(path)]
+
+
+@pytest.mark.parametrize("call, signum, stopped", [
+    (4, signal.SIGTERM, "[distilled/hint] stopped by SIGTERM after epoch 1, step 4/8"),    # stage 1, epoch 1
+    (STEPS_PER_EPOCH * 2 + 3, signal.SIGINT, "[distilled/kd] stopped by SIGINT after epoch 2, step 3/8"),
+])
+def test_signal_saves_at_the_step_boundary_and_resumes_to_the_same_numbers(
+        tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch, no_report, call, signum, stopped):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tree = fitnets(tiny_recipe)
+    run(tree)
+    expected = weights(tmp_path / "run" / "distilled" / "model.pt")
+
+    tree["output_dir"] = str(tmp_path / "stopped")
+    ckpt = tmp_path / "stopped" / "distilled" / "checkpoint.pt"
+    with monkeypatch.context() as m, stop_at_step_boundary():
+        signal_at(m, call, signum)
+        with pytest.raises(Interrupted) as err:
+            run(tree)
+    assert str(err.value) == f"{stopped}; saved {ckpt}" and err.value.exit_code == 128 + signum
+    assert signal.getsignal(signum) is not None and STOP.signum is None  # handlers and flag put back
+    state = safe_load(ckpt)
+    epoch, step = (0, 4) if call == 4 else (1, 3)
+    assert (state["stage"], state["epoch"], state["step"]) == ((0 if call == 4 else 1), epoch, step)
+    _, log = run(tree)
+    assert any(f"resuming from {ckpt} at epoch {epoch}, step {step}" in line for line in log)
+    assert_same_weights(weights(tmp_path / "stopped" / "distilled" / "model.pt"), expected)
+    assert numbers(tmp_path / "stopped" / "distilled" / "metrics.jsonl") == \
+        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
 
 
 def poison(monkeypatch, what: str, from_step: int, to_step: int = 99):

@@ -4,12 +4,14 @@
 its stages; a ``Stage`` is one span of epochs with its own terms, trainable modules and optimizer:
 ``build`` (loader, Distiller, optimizer, LR schedule), ``resume``, ``run_epoch``, ``evaluate``,
 ``checkpoint`` after every epoch, ``close`` (removes its forward hooks). Resume is exact: the RNG state,
-optimizer and schedule are restored where the last finished epoch left them; a non-finite batch is skipped
+optimizer and schedule are restored where the last finished epoch (after SIGINT/SIGTERM: the last step) left
+them; a non-finite batch is skipped
 and counted, and ``max_nonfinite_steps`` of them in a row stop the run with the last good checkpoint kept.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -24,10 +26,11 @@ from ..build import build_terms
 from ..config import StageConfig
 from ..data.task import TaskData
 from ..distiller import Distiller
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 from ..finite import NonFiniteError
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
+from .interrupt import LoaderStopped, batches, stop_requested
 from .logging import MetricsLog
 from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device
 from .nonfinite import NonFiniteGuard
@@ -110,7 +113,7 @@ class Stage:
         self.student = trainer.phase.student
         self.first_epoch = first_epoch  # epochs of the phase's earlier stages
         self.label = f"{trainer.phase.name}/{cfg.name}"
-        self.start_epoch = 0
+        self.start_epoch, self.start_step = 0, 0
         self.distiller: Distiller | None = None
 
     def _resumed_state(self) -> dict | None:
@@ -137,14 +140,17 @@ class Stage:
     def resume(self) -> None:
         """Continue a stage interrupted after a finished epoch: adapters, optimizer, schedule and RNG."""
         state = self._resumed_state()
-        if state is None or int(state["epoch"]) == 0:
+        if state is None or (int(state["epoch"]) == 0 and not state.get("step")):
             return
         self.distiller.terms.load_state_dict(state["terms"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
-        self.trainer.say(f"[{self.label}] resuming from {self.trainer.ckpt_path} at epoch {self.start_epoch}")
+        # stopped by a signal mid-epoch: the epoch's first ``step`` batches are skipped, its running sums kept
+        self.start_step, self.partial, self.resume_rng = int(state.get("step", 0)), state.get("partial"), state["rng"]
+        at = f", step {self.start_step}" if self.start_step else ""
+        self.trainer.say(f"[{self.label}] resuming from {self.trainer.ckpt_path} at epoch {self.start_epoch}{at}")
 
     def train(self) -> None:
         """build, resume, run every remaining epoch (evaluate, log, checkpoint), close (even after an error)."""
@@ -172,21 +178,51 @@ class Stage:
         t0 = time.perf_counter()
         self.distiller.train()
         self.loader.set_epoch(self.first_epoch + epoch)
-        sums: dict[str, float] = {}
-        steps = 0
+        sums, steps, start, seconds = self.epoch_start(epoch)
+        bar = tqdm(batches(self.loader), total=len(self.loader), desc=f"{self.label} {epoch + 1}/{self.cfg.epochs}",
+                   leave=False, disable=None if self.trainer.d.main else True, file=sys.stderr)
+        done = start
+        try:
+            for step, (x, y) in enumerate(bar):
+                if step < start:
+                    continue  # resumed mid-epoch: these batches were trained before the interruption
+                if step == start and start:
+                    torch.set_rng_state(self.resume_rng)  # after the skipped batches: dropout draws as before
+                losses = self.step(epoch, step, x, y)
+                done = step + 1
+                if losses is not None:
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    steps += 1
+                    if step % 20 == 0:
+                        bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+                self.stop_if_asked(epoch, done, sums, steps, seconds + time.perf_counter() - t0)
+        except LoaderStopped:
+            self.stop_if_asked(epoch, done, sums, steps, seconds + time.perf_counter() - t0)
+            raise
+        return {k: v / max(steps, 1) for k, v in sums.items()}, seconds + time.perf_counter() - t0
+
+    def epoch_start(self, epoch: int) -> tuple[dict[str, float], int, int, float]:
+        """Running sums, steps, first step and seconds of an epoch: zero, or where an interruption left them."""
         self.guard.in_epoch = 0
-        bar = tqdm(self.loader, desc=f"{self.label} {epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=None if self.trainer.d.main else True, file=sys.stderr)
-        for step, (x, y) in enumerate(bar):
-            losses = self.step(epoch, step, x, y)
-            if losses is None:
-                continue
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            steps += 1
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
-        return {k: v / max(steps, 1) for k, v in sums.items()}, time.perf_counter() - t0
+        if epoch != self.start_epoch or not self.start_step:
+            return {}, 0, 0, 0.0
+        p = self.partial
+        self.guard.in_epoch, self.guard.in_row = int(p["nonfinite"]), int(p["in_row"])
+        return dict(p["sums"]), int(p["steps"]), self.start_step, float(p["seconds"])
+
+    def stop_if_asked(self, epoch: int, done: int, sums: dict[str, float], steps: int, seconds: float) -> None:
+        """On SIGINT/SIGTERM: save at this step boundary (resumes to the same numbers), raise Interrupted."""
+        signum = stop_requested(self.trainer.d, self.trainer.device)
+        if signum is None:
+            return
+        partial = {"sums": sums, "steps": steps, "seconds": seconds, "nonfinite": self.guard.in_epoch,
+                   "in_row": self.guard.in_row}
+        self.trainer.save(terms=self.distiller.terms.state_dict(), optimizer=self.optimizer.state_dict(),
+                          scheduler=self.scheduler.state_dict(), rng=torch.get_rng_state(), stage=self.index,
+                          epoch=epoch, step=done, partial=partial)
+        raise Interrupted(signum, f"[{self.label}] stopped by {signal.Signals(signum).name} after epoch {epoch + 1}, "
+                                  f"step {done}/{len(self.loader)}; saved {self.trainer.ckpt_path}")
 
     def step(self, epoch: int, step: int, x, y) -> dict[str, torch.Tensor] | None:
         """One optimizer step on one batch (AMP, gradient clipping, per-step LR); None when the batch was skipped

@@ -14,11 +14,14 @@ from ..config import Recipe
 from ..data.sanity import dropped_note  # issue 12
 from ..data.task import TaskData
 from ..metrics import count_params, cpu_latency_ms, gflops
-from .checkpoint import load_teacher_weights
+from .checkpoint import load_teacher_weights, writing
 from .distributed import Dist, barrier, cleanup, init_distributed
 from .dryrun import dry_run
 from .loop import Phase, as_stage
 from .stage import PhaseTrainer
+
+KEPT = ("Every checkpoint.pt and model.pt written so far is intact: rerunning loads the finished phases without "
+        "training them again, resumes the unfinished one from its last checkpoint and writes the summary and report.")
 
 
 def seed_everything(seed: int) -> None:
@@ -30,7 +33,8 @@ def run_recipe(recipe: Recipe, log=print) -> dict:
     """Run every phase of a recipe; returns the summary (also written as summary.md / summary.json)."""
     d, device = init_distributed(recipe.device)
     try:
-        return _run(recipe, d, device, log)
+        with writing(f"the run's outputs in {recipe.run_dir()} (summary, report, logs)", KEPT):  # issue 12
+            return _run(recipe, d, device, log)
     finally:
         cleanup(d)
 

@@ -81,6 +81,7 @@ class PhaseTrainer:
                 return dict(self.state["results"])
         teachers = [t.to(self.device) for t in self.phase.teachers]
         self.metrics_log = MetricsLog(self.folder, enabled=self.d.main)
+        self.metrics_log.trim(self.finished_epochs())  # issue 12: no epoch logged twice after a kill
         first_epoch = 0
         for index, cfg in enumerate(self.phase.stages):
             if self.state is None or index >= self.state["stage"]:
@@ -88,6 +89,12 @@ class PhaseTrainer:
                 self.state = None  # only the first stage run resumes
             first_epoch += cfg.epochs
         return self.finish()
+
+    def finished_epochs(self) -> int:
+        """Epochs of the phase the checkpoint holds (0 without one)."""
+        if self.state is None:
+            return 0
+        return sum(s.epochs for s in self.phase.stages[: int(self.state["stage"])]) + int(self.state["epoch"])
 
     def finish(self) -> dict:
         """Final metrics, the deployable ``model.pt`` and the checkpoint marked done."""

@@ -217,6 +217,27 @@ def test_signal_saves_at_the_step_boundary_and_resumes_to_the_same_numbers(
         numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
 
 
+def test_sigterm_through_the_command_line_exits_143_with_the_command_to_resume(tmp_path, tiny_recipe,
+                                                                              teacher_checkpoint, monkeypatch,
+                                                                              no_report, capsys):
+    import yaml
+
+    from hintdistill.cli import main
+
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    signal_at(monkeypatch, 3, signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["run", str(path), "--set", "seed=0"]) == 143
+    err = capsys.readouterr().err
+    ckpt = tmp_path / "run" / "distilled" / "checkpoint.pt"
+    assert err == (f"interrupted: [distilled/kd] stopped by SIGTERM after epoch 1, step 3/8; saved {ckpt}. Rerun the "
+                   f"same command to resume from there with the same numbers as an uninterrupted run:\n"
+                   f"  hintdistill run {path} --set seed=0\n")
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are the run's only
+
+
 def poison(monkeypatch, what: str, from_step: int, to_step: int = 99):
     """Make the distilled stage's epoch 2 non-finite from step ``from_step`` to ``to_step`` (0-based): its input
     batch (``what="input"``) or its KD term (``what="kd"``, infinite)."""

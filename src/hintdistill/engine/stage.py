@@ -28,12 +28,12 @@ from ..data.task import TaskData
 from ..distiller import Distiller
 from ..errors import ConfigError, Interrupted
 from ..finite import NonFiniteError
+from . import nonfinite
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
 from .interrupt import LoaderStopped, batches, stop_requested
 from .logging import MetricsLog
 from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device
-from .nonfinite import NonFiniteGuard
 
 
 class PhaseTrainer:
@@ -119,8 +119,9 @@ class Stage:
         self.trainer, self.index, self.cfg, self.teachers = trainer, index, cfg, teachers
         self.student = trainer.phase.student
         self.first_epoch = first_epoch  # epochs of the phase's earlier stages
+        self.start_step = 0  # > 0 when resumed mid-epoch after SIGINT/SIGTERM
         self.label = f"{trainer.phase.name}/{cfg.name}"
-        self.start_epoch, self.start_step = 0, 0
+        self.start_epoch = 0
         self.distiller: Distiller | None = None
 
     def _resumed_state(self) -> dict | None:
@@ -142,7 +143,7 @@ class Stage:
         self.optimizer = make_optimizer(cfg, self.distiller.trainable_parameters())
         self.scheduler = make_scheduler(cfg, self.optimizer, len(self.loader))
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.use_amp)
-        self.guard = NonFiniteGuard(self)  # issue 12: non-finite steps skipped and counted
+        self.guard = nonfinite.NonFiniteGuard(self)  # issue 12: non-finite steps skipped and counted
 
     def resume(self) -> None:
         """Continue a stage interrupted after a finished epoch: adapters, optimizer, schedule and RNG."""
@@ -281,11 +282,12 @@ class Stage:
         for name in self.distiller.weights:
             record[f"weight/{name}"] = self.distiller.weight(name)
         t.metrics_log.log(record, step)
+        if self.guard.in_epoch:
+            t.say(f"[{self.label}] epoch {step}: {self.guard.in_epoch} non-finite steps skipped")
         losses_txt = " ".join(f"{k} {v:.4f}" for k, v in means.items())
         metric_txt = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in numbers.items()) if tested else "-"
-        skipped = f" | {self.guard.in_epoch} non-finite steps skipped" if self.guard.in_epoch else ""
-        t.say(f"[{self.label}] epoch {step}/{t.total_epochs} {losses_txt} | test {metric_txt} | {train_s:.1f}s{skipped}")
+        t.say(f"[{self.label}] epoch {step}/{t.total_epochs} {losses_txt} | test {metric_txt} | {train_s:.1f}s")
 
     def checkpoint(self, epoch: int) -> None:
         """Everything needed to resume after this epoch."""

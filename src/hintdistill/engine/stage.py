@@ -192,10 +192,10 @@ class Stage:
         done = start
         try:
             for step, (x, y) in enumerate(bar):
-                if step < start:
-                    continue  # resumed mid-epoch: these batches were trained before the interruption
-                if step == start and start:
-                    torch.set_rng_state(self.resume_rng)  # after the skipped batches: dropout draws as before
+                if step < start:  # resumed mid-epoch: these batches were trained before the interruption
+                    if step == start - 1:  # the RNG as it was at the boundary, before the next batch is drawn
+                        torch.set_rng_state(self.resume_rng)
+                    continue
                 losses = self.step(epoch, step, x, y)
                 done = step + 1
                 if losses is not None:

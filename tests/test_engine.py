@@ -1,7 +1,10 @@
 """The engine on tiny real data (512 Fashion-MNIST images): outputs, resume, skip, NaN guard, bad checkpoints."""
 
+import copy
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,11 @@ from hintdistill.build import build_data
 from hintdistill.config import recipe_from_dict
 from hintdistill.distiller import Distiller
 from hintdistill.engine.checkpoint import load_model, safe_load, save_model
+from hintdistill.engine.interrupt import STOP, stop_at_step_boundary
 from hintdistill.engine.logging import read_metrics
 from hintdistill.engine.pipeline import run_recipe
-from hintdistill.errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
+from hintdistill.engine.stage import Stage
+from hintdistill.errors import CheckpointError, ConfigError, Interrupted, ShapeError, TrainingDiverged
 from hintdistill.metrics import evaluate_classifier
 from hintdistill.models import build_model
 from hintdistill.terms import SoftTargetKD
@@ -164,32 +169,144 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, tiny_recipe, teac
     assert epochs[-1] == 3 and sorted(set(epochs)) == [1, 2, 3]
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch,
-                                                      no_report):
-    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
-    forward = SoftTargetKD.forward
+def signal_at(monkeypatch, call: int, signum: int):
+    """Send ``signum`` to this process during the ``call``-th training step (1-based), as Ctrl-C or kill would."""
+    step = Stage.step
     calls = {"n": 0}
 
-    def nan_in_epoch_two(self, *args, **kwargs):
+    def signalling(self, *args):
         calls["n"] += 1
-        value = forward(self, *args, **kwargs)
-        return value * float("nan") if calls["n"] > STEPS_PER_EPOCH + 2 else value
+        if calls["n"] == call:
+            os.kill(os.getpid(), signum)
+        return step(self, *args)
 
-    monkeypatch.setattr(SoftTargetKD, "forward", nan_in_epoch_two)
-    with pytest.raises(TrainingDiverged) as err:
-        run(tiny_recipe)
+    monkeypatch.setattr(Stage, "step", signalling)
+
+
+def numbers(path):
+    """metrics.jsonl without the wall-clock times."""
+    return [{k: v for k, v in r.items() if k != "epoch_s"} for r in read_metrics(path)]
+
+
+@pytest.mark.parametrize("call, signum, stopped", [
+    (4, signal.SIGTERM, "[distilled/hint] stopped by SIGTERM after epoch 1, step 4/8"),    # stage 1, epoch 1
+    (STEPS_PER_EPOCH * 2 + 3, signal.SIGINT, "[distilled/kd] stopped by SIGINT after epoch 2, step 3/8"),
+])
+def test_signal_saves_at_the_step_boundary_and_resumes_to_the_same_numbers(
+        tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch, no_report, call, signum, stopped):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tree = fitnets(tiny_recipe)
+    run(tree)
+    expected = weights(tmp_path / "run" / "distilled" / "model.pt")
+
+    tree["output_dir"] = str(tmp_path / "stopped")
+    ckpt = tmp_path / "stopped" / "distilled" / "checkpoint.pt"
+    with monkeypatch.context() as m, stop_at_step_boundary():
+        signal_at(m, call, signum)
+        with pytest.raises(Interrupted) as err:
+            run(tree)
+    assert str(err.value) == f"{stopped}; saved {ckpt}" and err.value.exit_code == 128 + signum
+    assert signal.getsignal(signum) is not None and STOP.signum is None  # handlers and flag put back
+    state = safe_load(ckpt)
+    epoch, step = (0, 4) if call == 4 else (1, 3)
+    assert (state["stage"], state["epoch"], state["step"]) == ((0 if call == 4 else 1), epoch, step)
+    _, log = run(tree)
+    assert any(f"resuming from {ckpt} at epoch {epoch}, step {step}" in line for line in log)
+    assert_same_weights(weights(tmp_path / "stopped" / "distilled" / "model.pt"), expected)
+    assert numbers(tmp_path / "stopped" / "distilled" / "metrics.jsonl") == \
+        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
+
+
+def test_sigterm_through_the_command_line_exits_143_with_the_command_to_resume(tmp_path, tiny_recipe,
+                                                                              teacher_checkpoint, monkeypatch,
+                                                                              no_report, capsys):
+    import yaml
+
+    from hintdistill.cli import main
+
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    signal_at(monkeypatch, 3, signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["run", str(path), "--set", "seed=0"]) == 143
+    err = capsys.readouterr().err
+    ckpt = tmp_path / "run" / "distilled" / "checkpoint.pt"
+    assert err == (f"interrupted: [distilled/kd] stopped by SIGTERM after epoch 1, step 3/8; saved {ckpt}. Rerun the "
+                   f"same command to resume from there with the same numbers as an uninterrupted run:\n"
+                   f"  hintdistill run {path} --set seed=0\n")
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are the run's only
+
+
+def poison(monkeypatch, what: str, from_step: int, to_step: int = 99):
+    """Make the distilled stage's epoch 2 non-finite from step ``from_step`` to ``to_step`` (0-based): its input
+    batch (``what="input"``) or its KD term (``what="kd"``, infinite)."""
+    step, forward = Stage.step, SoftTargetKD.forward
+    now = {"kd": False}
+
+    def poisoned_step(self, epoch, s, x, y):
+        bad = self.label == "distilled/kd" and epoch == 1 and from_step <= s <= to_step
+        if bad and what == "input":
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        now["kd"] = bad and what == "kd"
+        return step(self, epoch, s, x, y)
+
+    def kd(self, *args, **kwargs):
+        value = forward(self, *args, **kwargs)
+        return value * float("inf") if now["kd"] else value
+
+    monkeypatch.setattr(Stage, "step", poisoned_step)
+    monkeypatch.setattr(SoftTargetKD, "forward", kd)
+
+
+@pytest.mark.parametrize("what, source, advice", [
+    ("kd", "term 'kd'", "Lower the learning rate (0.05) or the weight of term 'kd'"),
+    ("input", "the input batch", "so the learning rate is not the cause: check the data"),
+])
+def test_non_finite_steps_in_a_row_stop_with_the_last_good_checkpoint(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                                      monkeypatch, no_report, what, source, advice):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tiny_recipe["distill"][0]["max_nonfinite_steps"] = 3
+    with monkeypatch.context() as m:
+        poison(m, what, from_step=2)
+        lines: list[str] = []
+        with pytest.raises(TrainingDiverged) as err:
+            run(tiny_recipe, lines)
     ckpt_path = tmp_path / "run" / "distilled" / "checkpoint.pt"
     message = str(err.value)
-    assert "[distilled/kd] loss became nan at epoch 2, step 3/8 (non-finite terms: kd, loss)" in message
-    assert str(ckpt_path) in message and "Lower the learning rate (0.05)" in message
+    assert message.startswith("[distilled/kd] 3 steps in a row were non-finite (max_nonfinite_steps: 3), the last "
+                              f"at epoch 2, step 5/8: {source} (")
+    assert f"the last good checkpoint is kept at {ckpt_path}" in message and advice in message
+    assert ("Lower the learning rate" in message) == (what == "kd")
+    skipped = [line for line in lines if "step skipped" in line]
+    assert skipped == [f"[distilled/kd] epoch 2, step {s}/8: {source} non-finite, step skipped ({n} in a row; the "
+                       f"stage stops at 3)" for n, s in ((1, 3), (2, 4), (3, 5))]
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert state["epoch"] == 1 and state["done"] is False
     assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
 
-    monkeypatch.setattr(SoftTargetKD, "forward", forward)  # "lower the learning rate" and rerun: it resumes
-    _, log = run(tiny_recipe)
+    _, log = run(tiny_recipe)  # the data or the term fixed: the same command resumes
     assert any("resuming from" in line and "at epoch 1" in line for line in log)
     assert (tmp_path / "run" / "distilled" / "model.pt").is_file()
+
+
+def test_sporadic_non_finite_steps_are_skipped_and_counted(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                           monkeypatch, no_report):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    clean = copy.deepcopy(tiny_recipe)
+    clean["output_dir"] = str(tmp_path / "clean")
+    run(clean)
+    poison(monkeypatch, "kd", from_step=3, to_step=4)
+    _, lines = run(tiny_recipe)
+    records = read_metrics(tmp_path / "run" / "distilled" / "metrics.jsonl")
+    assert [r["nonfinite_steps"] for r in records] == [0, 2]
+    assert "[distilled/kd] epoch 2: 2 non-finite steps skipped" in lines
+    assert all(math.isfinite(v) for r in records for k, v in r.items() if k.startswith("train/"))
+    # epoch 1 is the same as a clean run's: the skipped steps come after it
+    first = read_metrics(tmp_path / "clean" / "distilled" / "metrics.jsonl")[0]
+    assert records[0]["train/loss"] == first["train/loss"]
+    assert records[1]["train/loss"] != read_metrics(tmp_path / "clean" / "distilled" / "metrics.jsonl")[1]["train/loss"]
 
 
 def test_corrupt_resume_checkpoint_names_the_file(tmp_path, tiny_recipe, no_report):

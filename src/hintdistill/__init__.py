@@ -3,6 +3,7 @@
 
 from .distiller import Distiller, freeze
 from .errors import ConfigError, HintDistillError, ShapeError
+from .finite import NonFiniteError
 from .schema import LinearRamp
 from .taps import Outputs, Taps, feature_key
 from .terms import CrossEntropy, HintLoss, SoftTargetKD, Term
@@ -12,4 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Distiller", "LinearRamp", "freeze", "Taps", "Outputs", "feature_key", "Term", "CrossEntropy",
     "SoftTargetKD", "HintLoss", "HintDistillError", "ConfigError", "ShapeError",
+    "NonFiniteError",
 ]

@@ -9,7 +9,8 @@ import math
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, ShapeError
+from .taps import outputs_from
 
 INPUT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -99,3 +100,20 @@ def check_model_fits_data(model: nn.Module, data, role: str, data_name: str, stu
     if data.kind == "detection":
         check_class_counts(model, student if student is not None else model, data.num_classes, role)
     return model
+
+
+@torch.no_grad()
+def check_num_classes(model: torch.nn.Module, data, role: str) -> None:
+    """A classifier must predict the data's classes; found here, not as an index error deep in training."""
+    if data.kind != "classification":
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        width = outputs_from(model(data.example_batch(2)[0]))["logits"].shape[1]
+    finally:
+        model.train(was_training)
+    if width != data.num_classes:
+        raise ShapeError(f"the {role} predicts {width} classes but the data has {data.num_classes}: remove "
+                         f"num_classes from the {role}'s args (it defaults to the data's) or set it to "
+                         f"{data.num_classes}.")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import shlex
 import sys
 import traceback
 from pathlib import Path
 
-from .errors import ConfigError, HintDistillError
+from .errors import ConfigError, HintDistillError, Interrupted
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -39,12 +40,14 @@ def load_any_model(ref: str, args_json: str | None):
 
 def cmd_run(a) -> int:
     from .config import load_recipe
+    from .engine.interrupt import stop_at_step_boundary
     from .engine.pipeline import run_recipe
 
     recipe = load_recipe(a.recipe, a.set)
     if a.output_dir:
         recipe.output_dir = a.output_dir
-    run_recipe(recipe)
+    with stop_at_step_boundary():  # issue 12: Ctrl-C / SIGTERM save at the next step boundary
+        run_recipe(recipe)
     return 0
 
 
@@ -268,10 +271,20 @@ def report_internal_error() -> None:
           file=sys.stderr)
 
 
+def interrupted(e, argv: list[str] | None) -> int:
+    """A run stopped by SIGINT/SIGTERM at a step boundary: what was saved and the command that resumes it."""
+    command = shlex.join(["hintdistill", *(sys.argv[1:] if argv is None else argv)])
+    print(f"interrupted: {e}. Rerun the same command to resume from there with the same numbers as an "
+          f"uninterrupted run:\n  {command}", file=sys.stderr)
+    return e.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Interrupted as e:
+        return interrupted(e, argv)
     except HintDistillError as e:
         if args.debug:
             traceback.print_exc()

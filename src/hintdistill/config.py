@@ -59,6 +59,8 @@ class TrainConfig(Strict):
     eval_every: int = Field(1, gt=0, description="test every N epochs (and always after the last one); "
                                                    "detection evaluation costs seconds per epoch on a CPU")
     terms: list[AnyTerm] = [registered()["ce"].Config(type="ce")]
+    max_nonfinite_steps: int = Field(20, ge=1, description="non-finite steps in a row (NaN/inf input, loss or "
+                                     "gradients; each is skipped) that stop the stage; 1 stops at the first")
 
 
 class StageConfig(TrainConfig):

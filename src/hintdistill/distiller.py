@@ -12,6 +12,7 @@ nor their batch-norm statistics change, whatever the loop around them does.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,11 +20,13 @@ import torch
 from torch import nn
 
 from .errors import HintDistillError
+from .finite import BufferSnapshot, NonFiniteError, nonfinite_part, nonfinite_terms
 from .schema import LinearRamp
 from .taps import Outputs, Taps
 from .terms.base import Term, loss_and_parts
 
 Weight = float | LinearRamp  # a constant, or a schedule called with the (fractional) epoch
+NONFINITE_MODES = ("raise", "warn", "ignore")  # what forward does with a NaN/inf input or loss (issue 12)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -38,8 +41,12 @@ class Distiller(nn.Module):
     """Student and teacher(s) run on the same batch; each term reads their Outputs; losses are summed."""
 
     def __init__(self, student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | None,
-                 terms: dict[str, tuple[Term, Weight]], example_inputs: Any | None = None):
+                 terms: dict[str, tuple[Term, Weight]], example_inputs: Any | None = None,
+                 on_nonfinite: str = "raise"):
         super().__init__()
+        if on_nonfinite not in NONFINITE_MODES:
+            raise HintDistillError(f"on_nonfinite='{on_nonfinite}': choose one of {', '.join(NONFINITE_MODES)}")
+        self.on_nonfinite = on_nonfinite
         if teachers is None:
             teachers = []
         elif isinstance(teachers, nn.Module):
@@ -130,6 +137,7 @@ class Distiller(nn.Module):
                 "Distiller.setup(example_inputs) was not called: adapters are built from one dry-run "
                 "batch before the optimizer is created. Pass example_inputs= to the constructor."
             )
+        snapshot = self.guard_inputs(inputs)
         needs_teacher = any(t.uses_teacher for t in self.terms.values())
         if teacher_outputs is None:
             teacher_outputs = self.teacher_outputs(inputs) if needs_teacher else []
@@ -143,4 +151,37 @@ class Distiller(nn.Module):
             weighted = self.weight(name) * value
             total = weighted if total is None else total + weighted
         losses["loss"] = total
+        self.check_losses(losses, snapshot)
         return student_out, losses
+
+    # -- non-finite values (issue 12) ----------------------------------------------------------
+    def guard_inputs(self, inputs: Any) -> BufferSnapshot | None:
+        """Refuse a non-finite input before the student sees it; keep the statistics a bad loss would poison."""
+        if self.on_nonfinite == "ignore":
+            return None
+        bad = nonfinite_part(inputs)
+        if bad is not None:
+            self.nonfinite(f"the input batch holds {bad}, so every loss would be non-finite", "the input batch", True)
+        return BufferSnapshot(self.student, self.terms) if self.training else None
+
+    def check_losses(self, losses: dict[str, torch.Tensor], snapshot: BufferSnapshot | None) -> None:
+        """A non-finite loss puts the student's batch-norm statistics back and raises (or warns): a loop that
+        goes on would otherwise step the optimizer with NaN gradients."""
+        if self.on_nonfinite == "ignore" or bool(torch.isfinite(losses["loss"])):
+            return
+        if snapshot is not None:
+            snapshot.restore()
+        bad = [k for k in nonfinite_terms(losses) if k in self.terms] or ["loss"]
+        values = ", ".join(f"{k} = {float(losses[k].detach().float().sum())}" for k in bad)
+        source = f"term{'s' * (len(bad) > 1)} {', '.join(repr(k) for k in bad)}" if bad != ["loss"] else \
+            "the weighted sum 'loss' (every term is finite: a weight times a huge term overflowed)"
+        self.nonfinite(f"the loss is non-finite because of {source} ({values}); the student's batch-norm statistics "
+                       f"were put back as they were before this batch", source, False)
+
+    def nonfinite(self, message: str, source: str, from_input: bool) -> None:
+        fix = "check the data" if from_input else "lower the learning rate or the term's weight"
+        text = (f"Distiller: {message}. Skip this batch (catch hintdistill.NonFiniteError) or {fix}; "
+                f"Distiller(on_nonfinite='warn') warns instead of raising.")
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(text, source, from_input)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)

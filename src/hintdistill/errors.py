@@ -27,3 +27,13 @@ class CheckpointError(HintDistillError):
 
 class TrainingDiverged(HintDistillError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM at a step boundary, its checkpoint saved (issue 12). Not a user error:
+    the command line exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), as a shell would."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -11,6 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ from torch import nn
 
 from ..errors import CheckpointError, HintDistillError
 from ..models import build_model
+
+TEST_DELAY = "HINTDISTILL_TEST_SAVE_DELAY"  # seconds; read only by the kill -9 test (tests/test_kill.py)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -29,6 +34,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+            if TEST_DELAY in os.environ:  # tests only: hold the half-written temp file so a test can kill -9 here
+                time.sleep(float(os.environ[TEST_DELAY]))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,6 +48,21 @@ def atomic_save(obj: Any, path: str | Path) -> None:
                 f"the previous {path.name}, if any, is intact. Free disk space (or move the run folder to another "
                 f"disk), then rerun the same command to resume from the last checkpoint.") from None
         raise
+
+
+@contextmanager
+def writing(what: str, kept: str) -> Iterator[None]:
+    """A full disk while writing ``what`` (metrics, the summary, the report) becomes a CheckpointError that says
+    what is ``kept`` and how to go on, instead of an OSError half-way through a run (issue 12)."""
+    try:
+        yield
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        what = e.filename or what
+        raise CheckpointError(f"cannot write {what}: the disk is full ({os.strerror(errno.ENOSPC)}). {kept} Free disk "
+                              f"space (or move the run folder to another disk), then rerun the same command to "
+                              f"resume.") from None
 
 
 def disk_full(e: BaseException | None) -> bool:

@@ -9,18 +9,20 @@ import yaml
 
 from .. import report
 from ..build import build_data, instantiate, model_spec, portable_spec, with_teacher_anchors
-from ..checks import check_model_fits_data  # issue 12
+from ..checks import check_model_fits_data, check_num_classes  # issue 12
 from ..config import ModelConfig, Recipe
 from ..data.sanity import dropped_note  # issue 12
 from ..data.task import TaskData
-from ..errors import ShapeError
 from ..metrics import count_params, cpu_latency_ms, gflops
 from ..models.darknet_weights import save_cfg, save_weights
-from ..taps import outputs_from
-from .checkpoint import load_teacher
+from .checkpoint import load_teacher, writing
 from .distributed import Dist, barrier, cleanup, init_distributed
+from .dryrun import dry_run
 from .loop import Phase, as_stage
 from .stage import PhaseTrainer
+
+KEPT = ("Every checkpoint.pt and model.pt written so far is intact: rerunning loads the finished phases without "
+        "training them again, resumes the unfinished one from its last checkpoint and writes the summary and report.")
 
 
 def seed_everything(seed: int) -> None:
@@ -28,28 +30,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@torch.no_grad()
-def check_num_classes(model: torch.nn.Module, data: TaskData, role: str) -> None:
-    """A classifier must predict the data's classes; found here, not as an index error deep in training."""
-    if data.kind != "classification":
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        width = outputs_from(model(data.example_batch(2)[0]))["logits"].shape[1]
-    finally:
-        model.train(was_training)
-    if width != data.num_classes:
-        raise ShapeError(f"the {role} predicts {width} classes but the data has {data.num_classes}: remove "
-                         f"num_classes from the {role}'s args (it defaults to the data's) or set it to "
-                         f"{data.num_classes}.")
-
-
 def run_recipe(recipe: Recipe, log=print) -> dict:
     """Run every phase of a recipe; returns the summary (also written as summary.md / summary.json)."""
     d, device = init_distributed(recipe.device)
     try:
-        return _run(recipe, d, device, log)
+        with writing(f"the run's outputs in {recipe.run_dir()} (summary, report, logs)", KEPT):  # issue 12
+            return _run(recipe, d, device, log)
     finally:
         cleanup(d)
 
@@ -67,6 +53,8 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     student = check_model_fits_data(instantiate(model_spec(student_cfg, data.model_defaults)), data, "student",
                                     recipe.data.name)  # issue 12: channels and class counts
     check_num_classes(student, data, "student")
+    dry_run(recipe, data, lambda teachers: student_specs(student_cfg, wants_teacher_anchors, student, teachers,
+                                                         data)[0])  # issue 12: every stage's layers, shapes and adapters on one batch, before any training
 
     teachers = []
     for i, tcfg in enumerate(recipe.teachers):

@@ -4,12 +4,14 @@
 its stages; a ``Stage`` is one span of epochs with its own terms, trainable modules and optimizer:
 ``build`` (loader, Distiller, optimizer, LR schedule), ``resume``, ``run_epoch``, ``evaluate``,
 ``checkpoint`` after every epoch, ``close`` (removes its forward hooks). Resume is exact: the RNG state,
-optimizer and schedule are restored where the last finished epoch left them; a NaN loss stops the run
-with the last good checkpoint kept.
+optimizer and schedule are restored where the last finished epoch (after SIGINT/SIGTERM: the last step) left
+them; a non-finite batch is skipped
+and counted, and ``max_nonfinite_steps`` of them in a row stop the run with the last good checkpoint kept.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -25,10 +27,13 @@ from ..config import SpeedConfig, StageConfig
 from ..data.task import TaskData
 from ..detection.heads import heads_context
 from ..distiller import Distiller
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, Interrupted
+from ..finite import NonFiniteError
+from . import nonfinite
 from .cache import TeacherCache, cache_refusal, open_teacher_cache
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
+from .interrupt import LoaderStopped, batches, stop_requested
 from .logging import MetricsLog
 from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device
 from .progress import LearningWatch
@@ -80,6 +85,7 @@ class PhaseTrainer:
                 return dict(self.state["results"])
         teachers = [t.to(self.device) for t in self.phase.teachers]
         self.metrics_log = MetricsLog(self.folder, enabled=self.d.main)
+        self.metrics_log.trim(self.finished_epochs())  # issue 12: no epoch logged twice after a kill
         first_epoch = 0
         for index, cfg in enumerate(self.phase.stages):
             if self.state is None or index >= self.state["stage"]:
@@ -87,6 +93,12 @@ class PhaseTrainer:
                 self.state = None  # only the first stage run resumes
             first_epoch += cfg.epochs
         return self.finish()
+
+    def finished_epochs(self) -> int:
+        """Epochs of the phase the checkpoint holds (0 without one)."""
+        if self.state is None:
+            return 0
+        return sum(s.epochs for s in self.phase.stages[: int(self.state["stage"])]) + int(self.state["epoch"])
 
     def finish(self) -> dict:
         """Final metrics, the deployable ``model.pt`` and the checkpoint marked done."""
@@ -111,6 +123,7 @@ class Stage:
         self.trainer, self.index, self.cfg, self.teachers = trainer, index, cfg, teachers
         self.student = trainer.phase.student
         self.first_epoch = first_epoch  # epochs of the phase's earlier stages
+        self.start_step = 0  # > 0 when resumed mid-epoch after SIGINT/SIGTERM
         self.label = f"{trainer.phase.name}/{cfg.name}"
         self.start_epoch = 0
         self.distiller: Distiller | None = None
@@ -140,6 +153,7 @@ class Stage:
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.use_amp)
         self.cache = self.open_cache(example)
         self.apply_speed_options()
+        self.guard = nonfinite.NonFiniteGuard(self)  # issue 12: non-finite steps skipped and counted
 
     def apply_speed_options(self) -> None:
         """channels_last and torch.compile, where the recipe's speed block asks for them."""
@@ -201,14 +215,17 @@ class Stage:
     def resume(self) -> None:
         """Continue a stage interrupted after a finished epoch: adapters, optimizer, schedule and RNG."""
         state = self._resumed_state()
-        if state is None or int(state["epoch"]) == 0:
+        if state is None or (int(state["epoch"]) == 0 and not state.get("step")):
             return
         self.distiller.terms.load_state_dict(state["terms"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
-        self.trainer.say(f"[{self.label}] resuming from {self.trainer.ckpt_path} at epoch {self.start_epoch}")
+        # stopped by a signal mid-epoch: the epoch's first ``step`` batches are skipped, its running sums kept
+        self.start_step, self.partial, self.resume_rng = int(state.get("step", 0)), state.get("partial"), state["rng"]
+        at = f", step {self.start_step}" if self.start_step else ""
+        self.trainer.say(f"[{self.label}] resuming from {self.trainer.ckpt_path} at epoch {self.start_epoch}{at}")
 
     def train(self) -> None:
         """build, resume, run every remaining epoch (evaluate, log, checkpoint), close (even after an error)."""
@@ -236,43 +253,80 @@ class Stage:
         t0 = time.perf_counter()
         self.distiller.train()
         self.loader.set_epoch(self.first_epoch + epoch)
-        sums: dict[str, torch.Tensor] = {}
-        steps = 0
-        bar = tqdm(self.loader, desc=f"{self.label} {epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=None if self.trainer.d.main else True, file=sys.stderr)
-        for step, (x, y) in enumerate(bar):
-            losses = self.step(epoch, step, x, y)
-            # summed on the device in float64 (what float() additions gave): read once, after the epoch
-            for k, v in losses.items():
-                sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
-            steps += 1
-            if step % 20 == 0 and not bar.disable:  # a progress bar on a terminal is worth a host sync
-                bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+        sums, steps, start, seconds = self.epoch_start(epoch)
+        bar = tqdm(batches(self.loader), total=len(self.loader), desc=f"{self.label} {epoch + 1}/{self.cfg.epochs}",
+                   leave=False, disable=None if self.trainer.d.main else True, file=sys.stderr)
+        done = start
+        try:
+            for step, (x, y) in enumerate(bar):
+                if step < start:  # resumed mid-epoch: these batches were trained before the interruption
+                    if step == start - 1:  # the RNG as it was at the boundary, before the next batch is drawn
+                        torch.set_rng_state(self.resume_rng)
+                    continue
+                losses = self.step(epoch, step, x, y)
+                done = step + 1
+                if losses is not None:
+                    # summed on the device in float64 (what float() additions gave): read once, after the epoch
+                    for k, v in losses.items():
+                        sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
+                    steps += 1
+                    if step % 20 == 0 and not bar.disable:  # a progress bar on a terminal is worth a host sync
+                        bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
+                self.stop_if_asked(epoch, done, sums, steps, seconds + time.perf_counter() - t0)
+        except LoaderStopped:
+            self.stop_if_asked(epoch, done, sums, steps, seconds + time.perf_counter() - t0)
+            raise
         if self.cache is not None:
             self.cache.flush()  # the epoch's rows become verified blocks only now
-        return {k: float(v) / max(steps, 1) for k, v in sums.items()}, time.perf_counter() - t0
+        return {k: float(v) / max(steps, 1) for k, v in sums.items()}, seconds + time.perf_counter() - t0
+    def epoch_start(self, epoch: int) -> tuple[dict[str, float], int, int, float]:
+        """Running sums, steps, first step and seconds of an epoch: zero, or where an interruption left them."""
+        self.guard.in_epoch = 0
+        if epoch != self.start_epoch or not self.start_step:
+            return {}, 0, 0, 0.0
+        p = self.partial
+        self.guard.in_epoch, self.guard.in_row = int(p["nonfinite"]), int(p["in_row"])
+        return dict(p["sums"]), int(p["steps"]), self.start_step, float(p["seconds"])
 
-    def step(self, epoch: int, step: int, x, y) -> dict[str, torch.Tensor]:
-        """One optimizer step on one batch (AMP, gradient clipping, per-step LR); a non-finite loss stops."""
+    def stop_if_asked(self, epoch: int, done: int, sums: dict[str, float], steps: int, seconds: float) -> None:
+        """On SIGINT/SIGTERM: save at this step boundary (resumes to the same numbers), raise Interrupted."""
+        signum = stop_requested(self.trainer.d, self.trainer.device)
+        if signum is None:
+            return
+        partial = {"sums": sums, "steps": steps, "seconds": seconds, "nonfinite": self.guard.in_epoch,
+                   "in_row": self.guard.in_row}
+        self.trainer.save(terms=self.distiller.terms.state_dict(), optimizer=self.optimizer.state_dict(),
+                          scheduler=self.scheduler.state_dict(), rng=torch.get_rng_state(), stage=self.index,
+                          epoch=epoch, step=done, partial=partial)
+        raise Interrupted(signum, f"[{self.label}] stopped by {signal.Signals(signum).name} after epoch {epoch + 1}, "
+                                  f"step {done}/{len(self.loader)}; saved {self.trainer.ckpt_path}")
+
+    def step(self, epoch: int, step: int, x, y) -> dict[str, torch.Tensor] | None:
+        """One optimizer step on one batch (AMP, gradient clipping, per-step LR); None when the batch was skipped
+        as non-finite (no optimizer or LR step)."""
         device = self.trainer.device
         x, y = self.memory_format(to_device(x, device)), to_device(y, device)
         self.distiller.set_epoch(epoch + step / len(self.loader))
-        with self.autocast():
-            _, losses = self.model(x, y, teacher_outputs=self.teacher_outputs(x))
+        failure = None
+        try:  # a NaN/inf input or loss: the Distiller raises before any backward, BN statistics put back
+            with self.autocast():
+                _, losses = self.model(x, y, teacher_outputs=self.teacher_outputs(x))
+        except NonFiniteError as e:
+            failure = e
+        failure = self.guard.agree(failure, self.trainer.d, device)
+        if failure is not None:
+            return self.guard.skip(epoch, step, failure)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-            raise TrainingDiverged(
-                f"[{self.label}] loss became {float(loss.detach())} at epoch {epoch + 1}, "
-                f"step {step + 1}/{len(self.loader)} (non-finite terms: {', '.join(bad)}). The last good "
-                f"checkpoint is kept at {self.trainer.ckpt_path}. "
-                f"Lower the learning rate ({self.cfg.optimizer.lr}) or the terms' weights, then rerun to resume."
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        norm = None
         if self.cfg.grad_clip_norm:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip_norm)
+        failure = self.guard.gradients(norm, self.scaler.is_enabled())
+        if failure is not None:
+            return self.guard.skip(epoch, step, failure)
+        self.guard.good()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -292,10 +346,13 @@ class Stage:
         step = self.first_epoch + epoch + 1
         record = {"phase": t.phase.name, "stage": self.cfg.name, "epoch": step,
                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": round(train_s, 3),
-                  **{f"train/{k}": v for k, v in means.items()}, **{f"test/{k}": v for k, v in numbers.items()}}
+                  **{f"train/{k}": v for k, v in means.items()}, **{f"test/{k}": v for k, v in numbers.items()},
+                  "nonfinite_steps": self.guard.in_epoch}
         for name in self.distiller.weights:
             record[f"weight/{name}"] = self.distiller.weight(name)
         t.metrics_log.log(record, step)
+        if self.guard.in_epoch:
+            t.say(f"[{self.label}] epoch {step}: {self.guard.in_epoch} non-finite steps skipped")
         losses_txt = " ".join(f"{k} {v:.4f}" for k, v in means.items())
         metric_txt = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in numbers.items()) if tested else "-"

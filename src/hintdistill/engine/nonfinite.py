@@ -1,0 +1,71 @@
+"""Non-finite steps in a stage (issue 12): a batch whose input, loss or gradients hold NaN or infinity is skipped
+(no optimizer step; the Distiller has already put the student's batch-norm statistics back), counted per epoch
+and named on the console; ``max_nonfinite_steps`` of them in a row stop the stage with the last good checkpoint
+kept and a message saying what to try."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import TrainingDiverged
+from ..finite import NonFiniteError
+from .distributed import Dist, all_reduce_sum
+
+
+class NonFiniteGuard:
+    """Counts a stage's skipped steps: in a row (to stop) and in the current epoch (for the log)."""
+
+    def __init__(self, stage):
+        self.stage = stage
+        self.in_row = 0
+        self.in_epoch = 0
+
+    def agree(self, failure: NonFiniteError | None, d: Dist, device: torch.device) -> NonFiniteError | None:
+        """Under DDP every process skips when one must, or the others would wait in backward forever."""
+        if not d.enabled:
+            return failure
+        flag = all_reduce_sum(torch.tensor([float(failure is not None)], device=device), d)
+        if failure is None and float(flag) > 0:
+            return NonFiniteError("another process's batch was non-finite", "another process's batch", False)
+        return failure
+
+    def gradients(self, norm: torch.Tensor | None, amp: bool) -> NonFiniteError | None:
+        """A finite loss can still give NaN/inf gradients (an overflow in backward). Under AMP the GradScaler
+        skips such steps itself (that is how it finds its scale), so they are not counted here."""
+        if amp:
+            return None
+        if norm is None:
+            grads = [p.grad for p in self.stage.distiller.trainable_parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if bool(torch.isfinite(norm)):
+            return None
+        return NonFiniteError(f"the gradients' norm is {float(norm)}", "the gradients", False)
+
+    def good(self) -> None:
+        self.in_row = 0
+
+    def skip(self, epoch: int, step: int, failure: NonFiniteError) -> None:
+        """Count the skipped step, say which tensor and when; stop after ``max_nonfinite_steps`` in a row."""
+        st = self.stage
+        self.in_row += 1
+        self.in_epoch += 1
+        limit = st.cfg.max_nonfinite_steps
+        when = f"epoch {epoch + 1}, step {step + 1}/{len(st.loader)}"
+        st.trainer.say(f"[{st.label}] {when}: {failure.source} non-finite, step skipped ({self.in_row} in a row; "
+                       f"the stage stops at {limit})")
+        if self.in_row >= limit:
+            raise TrainingDiverged(self.stop_message(when, failure))
+
+    def stop_message(self, when: str, failure: NonFiniteError) -> str:
+        st = self.stage
+        t = st.trainer
+        head = (f"[{st.label}] {self.in_row} steps in a row were non-finite (max_nonfinite_steps: "
+                f"{st.cfg.max_nonfinite_steps}), the last at {when}: {failure.source} ({failure}). Training stopped; "
+                f"the last good checkpoint is kept at {t.ckpt_path}.")
+        if failure.from_input:
+            return (f"{head} The input batch held NaN or infinity, so the learning rate is not the cause: check the "
+                    f"data (damaged images, a normalization that divides by a std of 0), then rerun the same command "
+                    f"to resume from the checkpoint.")
+        return (f"{head} Lower the learning rate ({st.cfg.optimizer.lr}) or the weight of {failure.source}, or set "
+                f"grad_clip_norm; a changed stage trains this phase again, so delete {t.folder} first (the phases "
+                f"before it are kept) and rerun the same command. Rerunning unchanged resumes from the checkpoint.")

@@ -1,0 +1,61 @@
+"""Non-finite values (issue 12): find which tensor went NaN or infinite, and keep a student's batch-norm
+statistics from being poisoned by a step that is then skipped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import TrainingDiverged
+
+
+class NonFiniteError(TrainingDiverged):
+    """A Distiller's input or loss held NaN or infinity; ``source`` says which ("the input batch", "term 'kd'")."""
+
+    def __init__(self, message: str, source: str, from_input: bool):
+        super().__init__(message)
+        self.source, self.from_input = source, from_input
+
+
+def tensors(value: Any):
+    """Every floating-point tensor inside a batch (nested lists, tuples and dicts)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from tensors(v)
+
+
+def nonfinite_part(value: Any) -> str | None:
+    """None if every float tensor in ``value`` is finite, else what is wrong, e.g. "3 NaN values (of 1568)"."""
+    for t in tensors(value):
+        if not bool(torch.isfinite(t).all()):
+            nans, infs = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            kinds = [f"{n} {k}" for n, k in ((nans, "NaN"), (infs, "infinite")) if n]
+            return f"{' and '.join(kinds)} value{'s' * (nans + infs > 1)} (of {t.numel()} in a {list(t.shape)} tensor)"
+    return None
+
+
+def nonfinite_terms(losses: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the non-finite entries of a Distiller's losses (the terms first, ``loss`` last)."""
+    return [k for k, v in losses.items() if not bool(torch.isfinite(v).all())]
+
+
+class BufferSnapshot:
+    """A copy of a module's floating-point buffers (batch-norm running statistics) to put back after a
+    forward whose result is thrown away; costs one copy of the buffers (kilobytes), not of the weights."""
+
+    def __init__(self, *modules: nn.Module):
+        self.buffers = [b for m in modules for b in m.buffers() if b.is_floating_point() or b.dtype == torch.long]
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for b, saved in zip(self.buffers, self.saved, strict=True):
+                b.copy_(saved)

@@ -1,0 +1,97 @@
+"""Non-finite values through the Python API (issue 12): the Distiller refuses a NaN input before the student sees
+it, and a NaN/inf loss raises (or warns) with the student's batch-norm statistics put back."""
+
+import types
+import warnings
+
+import pytest
+import torch
+
+from hintdistill import CrossEntropy, Distiller, NonFiniteError, SoftTargetKD
+from hintdistill.engine.nonfinite import NonFiniteGuard
+from hintdistill.errors import HintDistillError
+
+
+class Blowup(CrossEntropy):
+    """Cross-entropy times ``factor`` (inf or nan makes the loss non-finite)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, student, teachers, targets):
+        return super().forward(student, teachers, targets) * self.factor
+
+
+def bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, 1, 16, 16, generator=g), torch.tensor([0, 1, 2, 3])
+
+
+def test_non_finite_loss_raises_names_the_term_and_keeps_batch_norm(small_cnn, batch):
+    x, y = batch
+    student, teacher = small_cnn(seed=0), small_cnn((8, 16), seed=1)
+    d = Distiller(student, teacher, {"ce": (Blowup(float("nan")), 0.5), "kd": (SoftTargetKD(4.0), 0.5)},
+                  example_inputs=x[:2]).train()
+    before = bn_state(student)
+    assert before  # the cnn has batch norm: the test would pass trivially otherwise
+    with pytest.raises(NonFiniteError) as err:
+        d(x, y)
+    assert str(err.value).startswith("Distiller: the loss is non-finite because of term 'ce' (ce = nan); the "
+                                     "student's batch-norm statistics were put back as they were before this batch.")
+    assert "lower the learning rate" in str(err.value) and err.value.source == "term 'ce'"
+    after = bn_state(student)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    _, losses = Distiller(student, teacher, {"kd": (SoftTargetKD(4.0), 1.0)}, example_inputs=x[:2]).train()(x, y)
+    assert not torch.equal(bn_state(student)["features.stage1.0.1.running_mean"],
+                           before["features.stage1.0.1.running_mean"])  # a finite batch does move them
+
+
+def test_non_finite_input_is_refused_before_the_student_runs(small_cnn, batch):
+    x, y = batch
+    x[1, 0, 3, 3] = float("inf")
+    student = small_cnn()
+    d = Distiller(student, None, {"ce": (CrossEntropy(), 1.0)}, example_inputs=x[2:]).train()
+    calls = []
+    student.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(NonFiniteError) as err:
+        d(x, y)
+    assert "the input batch holds 1 infinite value (of 1024 in a [4, 1, 16, 16] tensor)" in str(err.value)
+    assert "check the data" in str(err.value) and "learning rate" not in str(err.value)
+    assert err.value.from_input and calls == []
+
+
+def test_warn_returns_the_losses_and_ignore_is_silent(small_cnn, batch):
+    x, y = batch
+    student = small_cnn()
+    before = bn_state(student)
+    d = Distiller(student, None, {"ce": (Blowup(float("inf")), 1.0)}, example_inputs=x[:2],
+                  on_nonfinite="warn").train()
+    with pytest.warns(RuntimeWarning, match="term 'ce' \\(ce = inf\\)"):
+        _, losses = d(x, y)
+    assert losses["loss"].item() == float("inf")
+    assert all(torch.equal(before[k], v) for k, v in bn_state(student).items())
+    d.on_nonfinite = "ignore"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, losses = d(x, y)
+    assert losses["loss"].item() == float("inf")
+    with pytest.raises(HintDistillError, match="choose one of raise, warn, ignore"):
+        Distiller(student, None, {"ce": (CrossEntropy(), 1.0)}, on_nonfinite="skip")
+
+
+def test_non_finite_gradients_of_a_finite_loss_are_found():
+    w = torch.nn.Parameter(torch.zeros(3))
+    stage = types.SimpleNamespace(distiller=types.SimpleNamespace(trainable_parameters=lambda: [w]))
+    guard = NonFiniteGuard(stage)
+    w.sum().sqrt().backward()  # sqrt(0) = 0 is finite, its gradient 1 / (2 sqrt(0)) is not
+    failure = guard.gradients(None, amp=False)
+    assert failure.source == "the gradients" and str(failure) == "the gradients' norm is inf"
+    assert guard.gradients(None, amp=True) is None  # under AMP the GradScaler skips such steps itself
+    w.grad = torch.ones(3)
+    assert guard.gradients(None, amp=False) is None

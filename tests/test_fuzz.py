@@ -260,3 +260,36 @@ def test_well_formed_files_with_foreign_contents(content):
     buffer = io.BytesIO()
     torch.save(content, buffer)
     load_any(buffer.getvalue())
+
+
+# -- the YOLO-txt label reader --------------------------------------------------------------------------------------
+NUMBERS = st.sampled_from(["0", "1", "2", "3", "-1", "0.5", "0.25", "1.0", "1.2", "-0.1", "0", "nan", "inf", "1e-9",
+                           "2.5", "x", "", "0.999", "1.004", "1.006"])
+LINES = st.lists(NUMBERS, min_size=0, max_size=7).map(" ".join) | st.text(max_size=40)
+LABEL_FILES = (st.lists(LINES, max_size=8).map(lambda ls: "\n".join(ls).encode("utf-8", "surrogatepass"))
+               | st.binary(max_size=200))
+
+
+@FUZZ
+@given(content=LABEL_FILES)
+def test_yolo_label_reader_keeps_only_valid_boxes(content):
+    """Any label file: boxes inside the image with a known class, every other line counted, nothing raised."""
+    from hintdistill.data.voc import Issues
+    from hintdistill.data.yolo_txt import read_labels
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "img.txt"
+        path.write_bytes(content)
+        issues = Issues("fuzz")
+        boxes, labels = read_labels(path, 640, 480, 3, issues)
+    assert boxes.shape == (len(labels), 4) and torch.isfinite(boxes).all()
+    assert ((labels >= 0) & (labels < 3)).all()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 640).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 3] <= 480).all() and (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    counted = sum(len(v) for v in issues.items.values())
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:  # the whole file is reported unreadable, its image used as background
+        assert len(labels) == 0 and counted == 1
+        return
+    assert counted + len(labels) == sum(1 for line in text.splitlines() if line.strip())  # each line: box or issue

@@ -25,7 +25,8 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
 fi
 # timm and export are optional extras the tests use; pinning the installed torch/torchvision keeps pip
 # from replacing the matched pair while it resolves timm's and onnxscript's requirements.
-PINS=$(.venv/bin/python -c 'import torch, torchvision; print(f"torch=={torch.__version__} torchvision=={torchvision.__version__}")')
+# (the public version only: pip's resolver refuses a pin with the local "+cu130" part, ResolutionImpossible)
+PINS=$(.venv/bin/python -c 'import torch, torchvision; v = lambda m: m.__version__.split("+")[0]; print(f"torch=={v(torch)} torchvision=={v(torchvision)}")')
 # shellcheck disable=SC2086  # two words on purpose
 .venv/bin/pip install -q -e ".[dev,timm,export]" $PINS
 

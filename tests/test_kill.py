@@ -57,11 +57,12 @@ def kill_after_line(proc: subprocess.Popen, prefix: str) -> None:
     proc.stdout.close()
 
 
-def kill_during_write(proc: subprocess.Popen, out: Path, timeout: float = 60) -> Path:
-    """SIGKILL while a checkpoint's temp file exists (the save is held open by the test delay)."""
+def kill_during_write(proc: subprocess.Popen, out: Path, timeout: float = 60, stale: frozenset = frozenset()) -> Path:
+    """SIGKILL while a checkpoint's temp file exists (the save is held open by the test delay); ``stale``: temp
+    files an earlier kill left behind, which the run deletes when it opens their phase (not this save's)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        temps = list(out.glob("*/.*.tmp"))
+        temps = [t for t in out.glob("*/.*.tmp") if t not in stale]
         if temps:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
@@ -117,7 +118,8 @@ def test_kill_9_in_every_phase_and_during_a_checkpoint_write(tmp_path, monkeypat
     assert_killed_in(out, "baseline")
     # the resumed baseline's next save is held open: kill -9 with its temp file half written
     before = (out / "baseline" / "checkpoint.pt").read_bytes() if state(out, "baseline") else None
-    temp = kill_during_write(launch(path, out, delay=30), out)
+    stale = frozenset(out.glob("*/.*.tmp"))  # a kill -9 during an earlier save may have left one
+    temp = kill_during_write(launch(path, out, delay=30), out, stale=stale)
     assert temp.parent.name == "baseline" and temp.name.startswith(".checkpoint.pt.")
     after = out / "baseline" / "checkpoint.pt"
     assert (after.read_bytes() if after.is_file() else None) == before  # the old checkpoint, byte for byte

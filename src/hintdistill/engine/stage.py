@@ -49,6 +49,8 @@ class PhaseTrainer:
         self.use_amp = (amp or self.speed.autocast == "fp16") and device.type == "cuda"  # fp16 + grad scaler
         self.folder = run_dir / phase.name
         self.ckpt_path, self.model_path = self.folder / "checkpoint.pt", self.folder / "model.pt"
+        for stale in self.folder.glob(".*.pt.*.tmp") if d.main else []:  # half-written by a killed save: never read
+            stale.unlink(missing_ok=True)
         self.state = safe_load(self.ckpt_path) if self.ckpt_path.is_file() else None
         self.fingerprint = phase_fingerprint(phase, seed)
         if self.state is not None and self.state.get("fingerprint", self.fingerprint) != self.fingerprint:

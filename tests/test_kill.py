@@ -62,7 +62,7 @@ def kill_during_write(proc: subprocess.Popen, out: Path, timeout: float = 60, st
     files an earlier kill left behind, which the run deletes when it opens their phase (not this save's)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        temps = [t for t in out.glob("*/.*.tmp") if t not in stale]
+        temps = [t for t in out.glob("*/.checkpoint.pt.*.tmp") if t not in stale]
         if temps:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
@@ -118,7 +118,7 @@ def test_kill_9_in_every_phase_and_during_a_checkpoint_write(tmp_path, monkeypat
     assert_killed_in(out, "baseline")
     # the resumed baseline's next save is held open: kill -9 with its temp file half written
     before = (out / "baseline" / "checkpoint.pt").read_bytes() if state(out, "baseline") else None
-    stale = frozenset(out.glob("*/.*.tmp"))  # a kill -9 during an earlier save may have left one
+    stale = frozenset(out.glob("*/.checkpoint.pt.*.tmp"))  # a kill -9 during an earlier save may have left one
     temp = kill_during_write(launch(path, out, delay=30), out, stale=stale)
     assert temp.parent.name == "baseline" and temp.name.startswith(".checkpoint.pt.")
     after = out / "baseline" / "checkpoint.pt"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError, HintDistillError
 from ..models import build_model
 
@@ -29,19 +29,15 @@ TEST_DELAY = "HINTDISTILL_TEST_SAVE_DELAY"  # seconds; read only by the kill -9 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Save so that a crash (even kill -9) leaves either the old file or the new one, never half of one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+    def write(f) -> None:
+        torch.save(obj, f)
+        if TEST_DELAY in os.environ:  # tests only: hold the half-written temp file so a test can kill -9 here
+            time.sleep(float(os.environ[TEST_DELAY]))
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            if TEST_DELAY in os.environ:  # tests only: hold the half-written temp file so a test can kill -9 here
-                time.sleep(float(os.environ[TEST_DELAY]))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         if disk_full(e):
             raise CheckpointError(
                 f"cannot write {path}: the disk is full ({os.strerror(errno.ENOSPC)}). Nothing was replaced: "

@@ -11,15 +11,14 @@ A file that does not fit the cfg exactly is refused, naming the layer where it s
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError
 
 # what Darknet itself writes: version 0.2.5 (64-bit `seen`), no images seen yet
@@ -104,20 +103,8 @@ def load_weights(model: nn.Module, path: str | Path, upto: int | None = None) ->
 
 
 def _atomic_write(path: str | Path, payload: bytes) -> None:
-    """Write so that a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``payload`` so that a crash leaves the old file or the new one, never half of one."""
+    atomic_write(path, lambda f: f.write(payload))
 
 
 def weights_bytes(model: nn.Module) -> bytes:

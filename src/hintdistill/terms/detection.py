@@ -296,7 +296,9 @@ class ChenDetectionKD(Term):
         s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
         parts = {f"hard_{k}": v for k, v in self.hard.loss_parts(student, teachers, targets).items()}
         parts["soft"] = (1 - self.mu) * self.soft_loss(s_maps, t_maps)
-        parts["bounded"] = self.nu * self.bounded_regression(s_maps, t_maps, targets)
+        # nu = 0 (the recipes' setting): no second target assignment and CIoU pass per step for a zero term
+        parts["bounded"] = (self.nu * self.bounded_regression(s_maps, t_maps, targets) if self.nu
+                            else s_maps[0].sum() * 0)
         return parts
 
     def forward(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> torch.Tensor:

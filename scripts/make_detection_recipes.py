@@ -45,6 +45,7 @@ STAGE = """\
     eval_every: 5       # a test pass costs seconds on a CPU; the last epoch is always tested
     optimizer: {name: sgd, lr: 0.04, momentum: 0.937, weight_decay: 5.0e-4, nesterov: true}
     schedule: {name: cosine, warmup_epochs: 3}
+    ema: 0.9999         # test and keep a moving average of the weights (engine/ema.py), as YOLOv5 does
 """
 
 TEACHER = """\

@@ -395,3 +395,32 @@ def test_a_cached_kd_run_equals_the_uncached_run(tmp_path, tiny_recipe, teacher_
                         weights(tmp_path / "online" / "distilled" / "model.pt"))
     assert len(list((tmp_path / "run" / "distilled" / "teacher_cache").glob("*.values"))) == 1
     assert not (tmp_path / "online" / "distilled" / "teacher_cache").exists()
+
+
+def test_weight_average_is_the_stage_result_and_resumes_exactly(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                                monkeypatch, no_report):
+    """``ema`` on both stages: the model.pt differs from the trained weights' run, the checkpoint carries the
+    average, and a run killed in stage 2 resumes to the same averaged weights and test numbers."""
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    plain = fitnets(copy.deepcopy(tiny_recipe))
+    run(plain)
+    tree = fitnets(tiny_recipe)
+    for stage in tree["distill"]:
+        stage["ema"] = 0.999
+    tree["output_dir"] = str(tmp_path / "ema")
+    run(tree)
+    averaged = weights(tmp_path / "ema" / "distilled" / "model.pt")
+    trained = weights(tmp_path / "run" / "distilled" / "model.pt")
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged if averaged[k].is_floating_point())
+    state = safe_load(tmp_path / "ema" / "distilled" / "checkpoint.pt")
+    assert_same_weights(state["student"], averaged)  # the finished phase holds the average
+    tree["output_dir"] = str(tmp_path / "crashed")
+    with monkeypatch.context() as m:
+        crash_at(m, STEPS_PER_EPOCH * 2 + 4)
+        with pytest.raises(Crash):
+            run(tree)
+    assert safe_load(tmp_path / "crashed" / "distilled" / "checkpoint.pt")["ema"]["updates"] == STEPS_PER_EPOCH
+    run(tree)
+    assert_same_weights(weights(tmp_path / "crashed" / "distilled" / "model.pt"), averaged)
+    assert numbers(tmp_path / "crashed" / "distilled" / "metrics.jsonl") == \
+        numbers(tmp_path / "ema" / "distilled" / "metrics.jsonl")

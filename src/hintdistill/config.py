@@ -61,6 +61,9 @@ class TrainConfig(Strict):
     terms: list[AnyTerm] = [registered()["ce"].Config(type="ce")]
     max_nonfinite_steps: int = Field(20, ge=1, description="non-finite steps in a row (NaN/inf input, loss or "
                                      "gradients; each is skipped) that stop the stage; 1 stops at the first")
+    ema: float | None = Field(None, gt=0, lt=1, description="keep a moving average of the weights with this decay "
+                              "cap (ramped as (1+t)/(10+t)), test it and keep it as the model (engine/ema.py); "
+                              "e.g. 0.9999. Unset: the trained weights as they are")
 
 
 class StageConfig(TrainConfig):

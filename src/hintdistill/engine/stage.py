@@ -33,6 +33,7 @@ from . import nonfinite
 from .cache import TeacherCache, cache_refusal, open_teacher_cache
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
+from .ema import WeightAverage
 from .interrupt import LoaderStopped, batches, stop_requested
 from .logging import MetricsLog
 from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device
@@ -131,6 +132,7 @@ class Stage:
         self.distiller: Distiller | None = None
         self.watch = LearningWatch(self.label, cfg.epochs, cfg.optimizer.lr)  # warns when nothing is learned
         self.cache: TeacherCache | None = None
+        self.ema: WeightAverage | None = None
 
     def _resumed_state(self) -> dict | None:
         state = self.trainer.state
@@ -156,6 +158,8 @@ class Stage:
         self.cache = self.open_cache(example)
         self.apply_speed_options()
         self.guard = nonfinite.NonFiniteGuard(self)  # issue 12: non-finite steps skipped and counted
+        if cfg.ema is not None:
+            self.ema = WeightAverage(self.student, cfg.ema)
 
     def apply_speed_options(self) -> None:
         """channels_last and torch.compile, where the recipe's speed block asks for them."""
@@ -222,6 +226,8 @@ class Stage:
         self.distiller.terms.load_state_dict(state["terms"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
         # stopped by a signal mid-epoch: the epoch's first ``step`` batches are skipped, its running sums kept
@@ -246,6 +252,8 @@ class Stage:
                 tested = self.evaluate(epoch)
                 self.log_epoch(epoch, means, train_s, tested)
                 self.checkpoint(epoch)
+            if self.ema is not None:
+                self.ema.copy_to(self.student)  # the averaged weights are the stage's result
             self.keep_terms()
         finally:
             self.close()
@@ -299,7 +307,7 @@ class Stage:
                    "in_row": self.guard.in_row}
         self.trainer.save(terms=self.distiller.terms.state_dict(), optimizer=self.optimizer.state_dict(),
                           scheduler=self.scheduler.state_dict(), rng=torch.get_rng_state(), stage=self.index,
-                          epoch=epoch, step=done, partial=partial)
+                          epoch=epoch, step=done, partial=partial, **self.ema_fields())
         raise Interrupted(signum, f"[{self.label}] stopped by {signal.Signals(signum).name} after epoch {epoch + 1}, "
                                   f"step {done}/{len(self.loader)}; saved {self.trainer.ckpt_path}")
 
@@ -332,13 +340,16 @@ class Stage:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.student)
         return losses
 
     def evaluate(self, epoch: int) -> bool:
         """Test every ``eval_every`` epochs and after the last; returns whether this epoch was tested."""
         tested = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
         if tested:
-            self.trainer.metrics = self.trainer.data.evaluate(self.student, self.trainer.device)
+            with self.ema.applied(self.student) if self.ema is not None else nullcontext():
+                self.trainer.metrics = self.trainer.data.evaluate(self.student, self.trainer.device)
         return tested
 
     def log_epoch(self, epoch: int, means: dict[str, float], train_s: float, tested: bool) -> None:
@@ -366,7 +377,11 @@ class Stage:
         """Everything needed to resume after this epoch."""
         self.trainer.save(terms=self.distiller.terms.state_dict(), optimizer=self.optimizer.state_dict(),
                           scheduler=self.scheduler.state_dict(), rng=torch.get_rng_state(), stage=self.index,
-                          epoch=epoch + 1)
+                          epoch=epoch + 1, **self.ema_fields())
+
+    def ema_fields(self) -> dict:
+        """The weight average's state for the checkpoint (nothing without ``ema``)."""
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
 
     def keep_terms(self) -> None:
         """Keep the finished stage's adapters; a later stage resumes from its own epoch 0."""

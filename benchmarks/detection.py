@@ -32,7 +32,8 @@ Rows (test split of each data set), every student built from its recipe's distil
 
 Every student row of a data set uses the same stage (epochs, optimizer, schedule, augmentation) and, for a
 given seed, the same initial weights and data order; only the loss terms differ. Students run over ``--seeds``
-seeds (mean, std, and a bootstrap 90% interval of mAP@0.5 over the test images for seed 0). Runs live in
+seeds (mean, std, each seed's mAP@0.5, and for seed 0 and the teacher a bootstrap 90% interval of mAP@0.5 over the
+test images: detection/bootstrap.py, 1000 resamples). Runs live in
 benchmarks/runs/detection/<dataset>/<scale>/<row>/seed<k> and resume where they stopped; rerunning the
 command skips finished runs. Results: benchmarks/results/detection.json (every row has ``dataset``) and a
 Markdown table.
@@ -55,6 +56,7 @@ import yaml
 from hintdistill.build import build_data
 from hintdistill.config import load_recipe, recipe_from_dict
 from hintdistill.data.convert import voc_to_yolo
+from hintdistill.detection.bootstrap import bootstrap_map50, image_matches
 from hintdistill.engine.checkpoint import load_model
 from hintdistill.engine.pipeline import run_recipe
 
@@ -121,6 +123,15 @@ def with_per_class(row: dict, folder: Path, phase: str) -> dict:
         data = build_data(load_recipe(folder / "recipe.yaml"))
         model, _ = load_model(folder / phase / "model.pt")
         row = {**row, "ap50_per_class": data.evaluate(model, torch.device("cpu"))["ap50_per_class"]}
+    return row
+
+
+def with_interval(row: dict, folder: Path, phase: str) -> dict:
+    """The row with ``map50_boot90``: a bootstrap 90% interval of mAP@0.5 over the test images (1000 resamples)."""
+    if "map50_boot90" not in row:
+        data = build_data(load_recipe(folder / "recipe.yaml"))
+        model, _ = load_model(folder / phase / "model.pt")
+        row = {**row, "map50_boot90": list(bootstrap_map50(image_matches(model, data.test_loader)))}
     return row
 
 
@@ -202,7 +213,8 @@ class Bench:
         summary = run(self.teacher_tree(which))
         path = str(folder / "teacher" / "model.pt")
         self.teacher_ckpt[which] = path
-        return with_per_class(next(r for r in summary["rows"] if r["model"] == "teacher"), folder, "teacher"), path
+        row = with_per_class(next(r for r in summary["rows"] if r["model"] == "teacher"), folder, "teacher")
+        return with_interval(row, folder, "teacher"), path
 
     def student_tree(self, row: str, seed: int) -> dict:
         """The recipe tree of one student row and seed (its teacher loaded from the teacher's model.pt)."""
@@ -226,6 +238,8 @@ class Bench:
         summary = run(tree)
         folder = Path(tree["output_dir"])
         row = with_per_class(next(r for r in summary["rows"] if r["model"] == "distilled"), folder, "distilled")
+        if seed == 0:
+            row = with_interval(row, folder, "distilled")
         if row["arch"] == "darknet":  # Darknet's own count, as its printout and `hintdistill inspect` give it
             model, _ = load_model(folder / "distilled" / "model.pt")
             row = {**row, "darknet_bflops": model.darknet_table(self.size, self.size)[1]}
@@ -241,7 +255,8 @@ def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> 
         "map_mean": statistics.mean(m), "map_std": statistics.stdev(m) if len(m) > 1 else 0.0,
         "ap50_per_class_mean": {c: statistics.mean(r["ap50_per_class"][c] for r in runs)
                                 for c in runs[0]["ap50_per_class"]},
-        "seeds": [r.get("seed", 0) for r in runs], "epochs": epochs, "input_size": size,
+        "seeds": [r.get("seed", 0) for r in runs], "map50_per_seed": m50, "epochs": epochs, "input_size": size,
+        **({"map50_boot90_seed0": runs[0]["map50_boot90"]} if "map50_boot90" in runs[0] else {}),
         "wall_s": statistics.mean(r["train_s"] for r in runs),
         **({"darknet_bflops": runs[0]["darknet_bflops"]} if "darknet_bflops" in runs[0] else {}),
     }
@@ -267,13 +282,17 @@ def markdown(results: list[dict]) -> str:
 
 
 def dataset_markdown(results: list[dict]) -> str:
-    lines = ["| row | params | GFLOPs | mAP@0.5 | mAP@[.5:.95] | seeds | epochs | input | CPU ms/img | train wall |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | params | GFLOPs | mAP@0.5 | per seed | seed 0: 90% bootstrap | mAP@[.5:.95] | seeds | epochs | "
+             "input | CPU ms/img | train wall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        per_seed = " / ".join(f"{v:.3f}" for v in r.get("map50_per_seed", []))
+        boot = "{:.3f}-{:.3f}".format(*r["map50_boot90_seed0"]) if "map50_boot90_seed0" in r else "-"
         lines.append(
             f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['gflops']:.2f} | {r['map50_mean']:.4f} ± "
-            f"{r['map50_std']:.4f} | {r['map_mean']:.4f} ± {r['map_std']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
-            f"{r['input_size']} | {r['cpu_ms_per_image']:.1f} | {r['wall_s'] / 60:.1f} min |")
+            f"{r['map50_std']:.4f} | {per_seed} | {boot} | {r['map_mean']:.4f} ± {r['map_std']:.4f} | "
+            f"{len(r['seeds'])} | {r['epochs']} | {r['input_size']} | {r['cpu_ms_per_image']:.1f} | "
+            f"{r['wall_s'] / 60:.1f} min |")
     classes = list(results[0]["ap50_per_class_mean"]) if results else []
     lines += ["", "AP@0.5 per class (mean over seeds):", "",
               "| row | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]

@@ -34,10 +34,10 @@ def cocoeval_map50(scenes, classes: int = 3) -> float:
     """AP@0.5 from pycocotools' COCOeval itself (boxes as xywh, area w*h)."""
     anns, dets = [], []
     for i, (p, t) in enumerate(scenes):
-        for b, c in zip(t["boxes"].tolist(), t["labels"].tolist()):
+        for b, c in zip(t["boxes"].tolist(), t["labels"].tolist(), strict=True):
             anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c, "iscrowd": 0,
                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])})
-        for b, c, s in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist()):
+        for b, c, s in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist(), strict=True):
             dets.append({"image_id": i, "category_id": c, "score": s, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()

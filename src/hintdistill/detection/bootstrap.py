@@ -98,7 +98,7 @@ def image_matches(model: nn.Module, loader: Iterable, device: torch.device | str
         for images, targets in loader:
             preds = model.postprocess(model(images.to(device)), conf_thresh, iou_thresh, max_det=max_det)
             out += [match_at_50({k: v.cpu() for k, v in p.items()}, {k: t[k].cpu() for k in ("boxes", "labels")})
-                    for p, t in zip(preds, targets)]
+                    for p, t in zip(preds, targets, strict=True)]
     finally:
         model.train(was_training)
     return out

@@ -2,7 +2,8 @@
 
     python benchmarks/classification.py [--pairs mlp cnn] [--seeds 0 1 2] [--out benchmarks/runs]
 
-- ``mlp``: recipes/fashion_mnist_kd.yaml (Hinton's 2x1200 teacher with dropout + jitter, 2x800 student).
+- ``mlp``: recipes/fashion_mnist_kd.yaml (Hinton's setup: an ensemble of four 2x1200 teachers with dropout, a 2x800
+  student; the ``ensemble`` row is the average of their probabilities, the gap is measured against it).
 - ``cnn``: recipes/fashion_mnist_fitnets.yaml (wide CNN teacher, thin deeper CNN student); rows kd
   (its KD stage alone) and hint_kd (FitNets: hint stage, then the same KD stage), and, on the KD stage's
   schedule with other terms: at (CE + attention transfer on the three stage outputs, Zagoruyko &
@@ -70,26 +71,34 @@ def list_rows(pairs: list[str]) -> None:
             print(f"{pair}/{row}: {stages}")
 
 
+def teacher_configs(tree: dict) -> list[dict]:
+    """The recipe's teacher(s): ``teachers`` (an ensemble) or the one ``teacher``."""
+    return tree["teachers"] if "teachers" in tree else [tree["teacher"]]
+
+
 def run_pair(pair: str, seeds: list[int], out: Path) -> dict[str, list[dict]]:
     base = yaml.safe_load((ROOT / PAIRS[pair]).read_text())
     rows: dict[str, list[dict]] = {}
-    teacher_ckpt = None
+    teacher_ckpts: list[str] | None = None
     for seed in seeds:
         for i, (row, tree) in enumerate(variants(pair, base).items()):
             tree = json.loads(json.dumps(tree))
             tree.update(seed=seed, name=f"{pair}-{row}-seed{seed}", output_dir=str(out / pair / row / f"seed{seed}"))
             if i > 0:
                 tree["baseline"] = None
-            if teacher_ckpt:
-                tree["teacher"]["checkpoint"] = teacher_ckpt
+            if teacher_ckpts:
+                for cfg, ckpt in zip(teacher_configs(tree), teacher_ckpts, strict=True):
+                    cfg["checkpoint"] = ckpt
             summary = run_recipe(recipe_from_dict(tree))
             for r in summary["rows"]:
                 name = {"distilled": row}.get(r["model"], r["model"])
-                if name == "teacher" and teacher_ckpt:
-                    continue  # the same teacher, loaded again
+                if (name.startswith("teacher") or name == "ensemble") and teacher_ckpts:
+                    continue  # the same teacher(s), loaded again
                 rows.setdefault(name, []).append({**r, "seed": seed})
-            if teacher_ckpt is None:
-                teacher_ckpt = str(out / pair / row / f"seed{seed}" / "teacher" / "model.pt")
+            if teacher_ckpts is None:
+                n = len(teacher_configs(tree))
+                teacher_ckpts = [str(out / pair / row / f"seed{seed}" / name / "model.pt")
+                                 for name in (["teacher"] if n == 1 else [f"teacher_{k}" for k in range(n)])]
         print(json.dumps({k: [round(v["accuracy"], 4) for v in vs] for k, vs in rows.items()}), flush=True)
     return rows
 
@@ -113,7 +122,9 @@ def aggregate(pair: str, rows: dict[str, list[dict]], epochs: dict[str, int]) ->
 def stage_epochs(pair: str) -> dict[str, int]:
     base = yaml.safe_load((ROOT / PAIRS[pair]).read_text())
     v = variants(pair, base)
-    e = {"teacher": base["teacher"]["train"]["epochs"], "baseline": base["baseline"]["epochs"]}
+    teachers = teacher_configs(base)
+    e = {"teacher" if len(teachers) == 1 else f"teacher_{k}": t["train"]["epochs"] for k, t in enumerate(teachers)}
+    e.update(ensemble=max(e.values()), baseline=base["baseline"]["epochs"])
     for row, tree in v.items():
         e[row] = sum(s["epochs"] for s in tree["distill"])
     return e
@@ -129,7 +140,7 @@ def markdown(results: list[dict]) -> str:
             f"{r['cpu_ms_per_image']:.3f} | {r['wall_s'] / 60:.1f} min |")
     by = {r["name"]: r for r in results}
     for pair in sorted({r["name"].split("/")[0] for r in results}):
-        t, b = by.get(f"{pair}/teacher"), by.get(f"{pair}/baseline")
+        t, b = by.get(f"{pair}/ensemble") or by.get(f"{pair}/teacher"), by.get(f"{pair}/baseline")
         for row in ("kd", "hint_kd", "at", "dkd", "at_kd"):
             s = by.get(f"{pair}/{row}")
             if not (t and b and s):
@@ -140,8 +151,9 @@ def markdown(results: list[dict]) -> str:
                              f"makes {s['test_errors_mean'] - b['test_errors_mean']:+.1f} errors against the baseline.")
                 continue
             closed = (b["test_errors_mean"] - s["test_errors_mean"]) / (b["test_errors_mean"] - t["test_errors_mean"])
+            target = 60 if pair == "mlp" else 50  # issue 10: Hinton's table 60%, the cnn pair 50%
             lines.append(f"\n{pair}/{row} closes {100 * closed:.0f}% of the baseline-to-teacher error gap "
-                         f"(target: 50%).")
+                         f"(target: {target}%).")
     return "\n".join(lines)
 
 

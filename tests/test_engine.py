@@ -424,3 +424,24 @@ def test_weight_average_is_the_stage_result_and_resumes_exactly(tmp_path, tiny_r
     assert_same_weights(weights(tmp_path / "crashed" / "distilled" / "model.pt"), averaged)
     assert numbers(tmp_path / "crashed" / "distilled" / "metrics.jsonl") == \
         numbers(tmp_path / "ema" / "distilled" / "metrics.jsonl")
+
+
+def test_an_ensemble_of_teachers_gets_its_own_row_from_the_average_of_their_probabilities(tiny_recipe, no_report):
+    tree = copy.deepcopy(tiny_recipe)
+    teacher = tree.pop("teacher")
+    tree["teachers"] = [teacher, copy.deepcopy(teacher)]
+    tree["distill"][0]["epochs"] = 1
+    summary, _ = run(tree)
+    rows = {r["model"]: r for r in summary["rows"]}
+    assert list(rows) == ["teacher_0", "teacher_1", "ensemble", "distilled"]
+    out = Path(tree["output_dir"])
+    members = [load_model(out / f"teacher_{i}" / "model.pt")[0].eval() for i in (0, 1)]
+    data = build_data(recipe_from_dict(tree))
+    wrong = 0
+    with torch.no_grad():
+        for x, y in data.test_loader:
+            probs = sum(m(x).softmax(-1) for m in members) / 2
+            wrong += int((probs.argmax(1) != y).sum())
+    assert rows["ensemble"]["errors"] == wrong
+    assert rows["ensemble"]["params"] == rows["teacher_0"]["params"] + rows["teacher_1"]["params"]
+    assert rows["teacher_0"]["errors"] != rows["teacher_1"]["errors"]  # seeded apart: two different members

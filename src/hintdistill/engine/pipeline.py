@@ -15,6 +15,7 @@ from ..data.sanity import dropped_note  # issue 12
 from ..data.task import TaskData
 from ..metrics import count_params, cpu_latency_ms, gflops
 from ..models.darknet_weights import save_cfg, save_weights
+from ..models.ensemble import ProbabilityAverage
 from .checkpoint import load_teacher, writing
 from .distributed import Dist, barrier, cleanup, init_distributed
 from .dryrun import dry_run
@@ -75,6 +76,11 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
                                   data, run_dir, device, d, recipe.seed + i, recipe.amp, log, recipe.speed).train()
         teachers.append(model)
         rows.append(summary_row(name, model, spec, result, data, recipe))
+    if len(teachers) > 1 and data.kind == "classification":  # what the student is distilled from
+        ensemble = ProbabilityAverage(teachers).to(device)
+        rows.append(summary_row("ensemble", ensemble, {"name": "ensemble"},
+                                {**data.evaluate(ensemble, device), "train_s": sum(r["train_s"] for r in rows)},
+                                data, recipe))
     barrier(d)
 
     student_spec, saved_spec = student_specs(student_cfg, wants_teacher_anchors, student, teachers, data)

@@ -111,6 +111,25 @@ def test_chen_soft_class_loss_hand_worked():
     assert term.last["soft"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_chen_soft_loss_with_fm_nms_teaches_background_at_suppressed_cells():
+    # every cell and anchor of the teacher alike: objectness 0.5, classes [0, 0]; then one anchor of one cell
+    # of level 0 is made more confident (0.75): it alone keeps its soft target in its 3x3 neighbourhood
+    teacher, student = maps(fill=[0, 0, 0, 0, 0, 0, 0]), maps(fill=[0, 0, 0, 0, 0, 0, 0])
+    teacher["head:0"][0, 0, 3, 3, 4] = LN3
+    plain, nms = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0), ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0, fm_nms=True)
+    s_maps, t_maps = head_list(student), head_list(teacher)
+    # the student says P = [0.5, 0.25, 0.25] everywhere; a suppressed cell's target [1, 0, 0] costs 1.5 ln 2
+    suppressed = 1.5 * math.log(2)
+    kept = sum(w * p * math.log(p / q) for w, p, q in zip([1.5, 1, 1], [0.25, 0.375, 0.375], [0.5, 0.25, 0.25],
+                                                          strict=True))
+    # level 0 (8 x 8 cells, 3 anchors; the best of a class is taken over a cell's anchors, then over 3 x 3
+    # cells): the 0.75 candidate suppresses the other 26 candidates of the 9 cells around it and is kept; every
+    # other candidate has only 0.5 around it and is kept (ties keep both), with a zero KL to the student
+    n0 = 3 * 64
+    assert nms.soft_loss(s_maps, t_maps).item() == pytest.approx(4 * (kept + 26 * suppressed) / n0, rel=1e-5)
+    assert plain.soft_loss(s_maps, t_maps).item() == pytest.approx(4 * kept / n0, rel=1e-5)  # levels 1, 2: 0
+
+
 def test_chen_soft_distribution_at_a_temperature_is_softmax_of_scaled_logits():
     # o = 0, z = [0, 0]: Z = [0, ln ½, ln ½]; at T = 2, exp(Z/2) = [1, √½, √½] → P = [1, √½, √½] / (1 + √2)
     raw = torch.zeros(1, 7)

@@ -200,11 +200,14 @@ class ChenDetectionKD(Term):
         obj_weight: float | None = Field(None, ge=0)
         cls_weight: float | None = Field(None, ge=0)
         normalise: Literal["none", "yolov5"] = "none"
+        fm_nms: bool = Field(False, description="feature-map NMS on the teacher's soft targets (Mehta & Ozturk "
+                             "2018): a cell that is not its class's most confident in its 3x3 neighbourhood teaches "
+                             "background; false is the paper's form")
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), mu: float = 0.5,
                  temperature: float = 1.0, background_weight: float = 1.5, margin: float = 0.0, nu: float = 0.5,
                  anchor_t: float = 4.0, teacher_index: int = 0, regression: str = "bounded_iou",
-                 hard: dict | None = None, teacher_heads: Sequence[HeadSpec] | None = None):
+                 hard: dict | None = None, teacher_heads: Sequence[HeadSpec] | None = None, fm_nms: bool = False):
         super().__init__()
         if not 0.0 <= mu <= 1.0:
             raise ConfigError(f"ChenDetectionKD mu={mu}: mu is the hard-loss share and must be in [0, 1]")
@@ -217,6 +220,7 @@ class ChenDetectionKD(Term):
         self.strides = [h.stride for h in self.heads]
         self.mu, self.temperature, self.background_weight = mu, temperature, background_weight
         self.margin, self.nu, self.anchor_t, self.teacher_index = margin, nu, anchor_t, teacher_index
+        self.fm_nms = fm_nms
         self.obj_weight = (hard or {}).get("obj_weight", 1.0)  # the soft loss's gain (the hard one's is μ × it)
         self.hard = self.yolo_loss(**(hard or {}))
         self.last: dict[str, torch.Tensor] = {}
@@ -248,6 +252,11 @@ class ChenDetectionKD(Term):
         for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             log_ps = log_class_distribution(s.float(), self.temperature)
             log_pt = log_class_distribution(t.detach().float(), self.temperature)
+            if self.fm_nms:  # suppressed cells teach pure background (log 0 as -1e4: 0 · (-1e4 - log P_s) = 0)
+                keep = fm_nms(t[..., 4].detach().float().sigmoid(), t[..., 5:].detach().float().sigmoid())
+                background = torch.full_like(log_pt, -1e4)
+                background[..., 0] = 0.0
+                log_pt = torch.where(keep.unsqueeze(-1), log_pt, background)
             weights = torch.ones(log_ps.shape[-1], device=s.device)
             weights[0] = self.background_weight
             per_cell = (weights * log_pt.exp() * (log_pt - log_ps)).sum(-1)

@@ -252,3 +252,16 @@ def test_neck_hints_paper_reduction_sums_as_chen_and_wang():
     wang.setup(student, [teacher])
     targets = [{"boxes": torch.tensor([[8.0, 8.0, 24.0, 24.0]]), "labels": torch.tensor([0])}]
     assert wang(student, [teacher], targets).item() == pytest.approx(4 / (2 * 4))  # N_p = 4 masked cells
+
+
+def test_chen_teacher_weighted_regression_hand_worked():
+    # one level-0 cell differs: the student's x logit 0 -> 1 gives an x offset (2σ(1) − 0.5) − (2σ(0) − 0.5);
+    # the teacher's objectness everywhere σ(0) = 0.5, so the level-0 mean is 0.5 · d² / (3 · 64), other levels 0
+    teacher, student = maps(fill=[0, 0, 0, 0, 0, 0, 0]), maps(fill=[0, 0, 0, 0, 0, 0, 0])
+    student["head:0"][0, 1, 2, 2, 0] = 1.0
+    d = 2 * torch.sigmoid(torch.tensor(1.0)).item() - 1.0
+    term = ChenDetectionKD(ANCHORS, mu=0.5, nu=1.0, regression="teacher_weighted")
+    value = term.bounded_regression(head_list(student), head_list(teacher), TARGETS).item()
+    assert value == pytest.approx(0.5 * d * d / (3 * 64), rel=1e-5)
+    term(student, [teacher], TARGETS)
+    assert term.last["bounded"].item() == pytest.approx(value, rel=1e-5)

@@ -176,7 +176,7 @@ def log_class_distribution(raw: torch.Tensor, temperature: float = 1.0) -> torch
     return F.log_softmax(logits / temperature, -1)
 
 
-REGRESSIONS = ("bounded_iou", "bounded", "l2")
+REGRESSIONS = ("bounded_iou", "bounded", "l2", "teacher_weighted")
 HARD_GAINS = ("box_weight", "obj_weight", "cls_weight")
 
 
@@ -193,9 +193,11 @@ class ChenDetectionKD(Term):
         background_weight: float = 1.5
         margin: float = 0.0
         nu: float = 0.5
-        regression: Literal["bounded_iou", "bounded", "l2"] = Field(
+        regression: Literal["bounded_iou", "bounded", "l2", "teacher_weighted"] = Field(
             "bounded_iou", description="teacher-bounded 1 - CIoU (the box loss's units), the paper's teacher-"
-            "bounded L2 on the box parameters, or plain L2 to the teacher")
+            "bounded L2 on the box parameters, plain L2 to the teacher at the GT positives, or L2 to the "
+            "teacher's box at every cell weighted by the teacher's objectness (after fm_nms where on): the boxes "
+            "of the cells the soft term teaches confidence at")
         box_weight: float | None = Field(None, ge=0, description="the hard loss's gains (see the detection term)")
         obj_weight: float | None = Field(None, ge=0)
         cls_weight: float | None = Field(None, ge=0)
@@ -271,6 +273,8 @@ class ChenDetectionKD(Term):
         - ``bounded``: the paper's ‖R_s − y‖² where ‖R_s − y‖² + m > ‖R_t − y‖², with R the head's box
           parameters (centre offset in cells, size in anchors), unscaled;
         - ``l2``: ‖R_s − R_t‖², the teacher's box as the target whatever its error (Table 4's L2)."""
+        if self.regression == "teacher_weighted":
+            return self.teacher_weighted_regression(s_maps, t_maps)
         anchors = self.hard.level_anchors(s_maps[0].device)
         positives = assign_targets(targets, anchors, self.strides, [tuple(m.shape[2:4]) for m in s_maps],
                                    self.anchor_t, [h.neighbours for h in self.heads])
@@ -299,6 +303,19 @@ class ChenDetectionKD(Term):
             return torch.cat(losses).mean()
         box_scale, _, _ = gain_scales(s_maps, self.strides, self.hard.normalise)
         return self.hard.box_weight * box_scale * torch.cat(losses).mean()
+
+    def teacher_weighted_regression(self, s_maps: list[torch.Tensor], t_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Σ_levels mean over cells of σ(o_t) ‖R_s − R_t‖² (Mehta & Ozturk's box term): wherever the teacher is
+        confident (and, with fm_nms, locally the most confident), the student learns the teacher's box."""
+        total = s_maps[0].sum() * 0
+        for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
+            s, t = s.float(), t.detach().float()
+            t_obj = t[..., 4].sigmoid()
+            if self.fm_nms:
+                t_obj = t_obj * fm_nms(t_obj, t[..., 5:].sigmoid())
+            r_s, r_t = _level_params(s, self.heads, level), _level_params(t, self.teacher_heads, level)
+            total = total + (t_obj * ((r_s - r_t) ** 2).sum(-1)).mean()
+        return total
 
     def loss_parts(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> dict[str, torch.Tensor]:
         """The objective's weighted parts (with gradients): hard_box, hard_obj, hard_cls, soft, bounded."""

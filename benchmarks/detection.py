@@ -15,6 +15,7 @@ Rows (test split of each data set), every student built from its recipe's distil
 - ``chen_kd``: Chen et al. 2017 in one-stage form as the recipes set it (hard loss with mu, weighted soft class
   CE with w_bg = 1.5, nu = 0: no teacher-bounded regression, which hurt on raccoon); ``chen_kd_hints``: + neck hints through 1x1
   adaptation layers, gamma = 0.5; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD;
+  ``objectness_kd_hints``: that + the same neck hints;
 - ``pkd``: detection loss + Pearson-correlation feature KD on the neck levels (Cao et al. 2022: per-channel
   standardised maps, ½·MSE summed over P3-P5, weight 6; 1x1 adapters where teacher and student channels differ);
 - ablations after Chen et al.'s Table 4 (``--rows ablation/...``, BCCD's hint teacher for the hint pair):
@@ -76,6 +77,7 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "chen_kd": ("teacher", [CHEN]),
     "objectness_kd": ("teacher", [DET, OKD]),
     "chen_kd_hints": ("teacher", [CHEN, HINTS]),
+    "objectness_kd_hints": ("teacher", [DET, OKD, HINTS]),
     "pkd": ("teacher", [DET, PKD]),
     "ablation/cls": ("teacher", [dict(CHEN, background_weight=1.0, nu=0.0)]),
     "ablation/cls_w": ("teacher", [dict(CHEN, nu=0.0)]),
@@ -300,7 +302,7 @@ def dataset_markdown(results: list[dict]) -> str:
               for r in results]
     by = {r["name"]: r for r in results}
     t, b = by.get("teacher"), by.get("baseline")
-    for row in ("chen_kd", "objectness_kd", "chen_kd_hints", "pkd"):
+    for row in ("chen_kd", "objectness_kd", "chen_kd_hints", "objectness_kd_hints", "pkd"):
         s = by.get(row)
         if t and b and s and t["map50_mean"] != b["map50_mean"]:
             closed = (s["map50_mean"] - b["map50_mean"]) / (t["map50_mean"] - b["map50_mean"])

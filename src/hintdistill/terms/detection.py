@@ -128,6 +128,19 @@ def fm_nms(objectness: torch.Tensor, class_scores: torch.Tensor, kernel: int = 3
     return objectness >= best
 
 
+def teacher_objectness(t: torch.Tensor, nms: bool) -> torch.Tensor:
+    """σ(o_t) of a raw teacher map, zero where feature-map NMS suppresses the cell (``nms``)."""
+    t_obj = t[..., 4].sigmoid()
+    return t_obj * fm_nms(t_obj, t[..., 5:].sigmoid()) if nms else t_obj
+
+
+def boxes_to_teacher(s: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, level: int,
+                     heads: Sequence[HeadSpec] | None, teacher_heads: Sequence[HeadSpec] | None) -> torch.Tensor:
+    """Mean over cells of ``weight`` ‖R_s − R_t‖², each side's box parameters as its own head decodes them."""
+    r_s, r_t = _level_params(s, heads, level), _level_params(t, teacher_heads, level)
+    return (weight * ((r_s - r_t) ** 2).sum(-1)).mean()
+
+
 @register_term("objectness_kd")
 class ObjectnessScaledKD(Term):
     """Mehta & Ozturk 2018: teacher objectness as target, teacher class and box weighted by it."""
@@ -157,14 +170,10 @@ class ObjectnessScaledKD(Term):
         total = s_maps[0].sum() * 0
         for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             s, t = s.float(), t.detach().float()
-            t_obj = t[..., 4].sigmoid()
-            if self.fm_nms:
-                t_obj = t_obj * fm_nms(t_obj, t[..., 5:].sigmoid())
+            t_obj = teacher_objectness(t, self.fm_nms)
             obj = bernoulli_kl(s[..., 4], t_obj).mean()
             cls = (t_obj * bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)).mean()
-            r_s, r_t = _level_params(s, self.heads, level), _level_params(t, self.teacher_heads, level)
-            box = (t_obj * ((r_s - r_t) ** 2).sum(-1)).mean()
-            total = total + obj + cls + box
+            total = total + obj + cls + boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
         return self.lambda_d * total
 
 
@@ -310,11 +319,8 @@ class ChenDetectionKD(Term):
         total = s_maps[0].sum() * 0
         for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             s, t = s.float(), t.detach().float()
-            t_obj = t[..., 4].sigmoid()
-            if self.fm_nms:
-                t_obj = t_obj * fm_nms(t_obj, t[..., 5:].sigmoid())
-            r_s, r_t = _level_params(s, self.heads, level), _level_params(t, self.teacher_heads, level)
-            total = total + (t_obj * ((r_s - r_t) ** 2).sum(-1)).mean()
+            total = total + boxes_to_teacher(s, t, teacher_objectness(t, self.fm_nms), level, self.heads,
+                                             self.teacher_heads)
         return total
 
     def loss_parts(self, student: Outputs, teachers: list[Outputs], targets: list[dict]) -> dict[str, torch.Tensor]:

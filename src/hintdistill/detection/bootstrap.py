@@ -55,10 +55,10 @@ def match_at_50(pred: dict, target: dict, iou_thresh: float = 0.5) -> ImageMatch
 
 def map50(images: Sequence[ImageMatches]) -> float:
     """COCO AP@0.5 averaged over the classes that have ground truth in ``images``."""
-    scores = np.concatenate([m.scores for m in images]) if images else np.zeros(0)
-    labels = np.concatenate([m.labels for m in images]) if images else np.zeros(0, dtype=np.int64)
-    tp = np.concatenate([m.tp for m in images]) if images else np.zeros(0, dtype=bool)
-    gt = np.concatenate([m.gt_labels for m in images]) if images else np.zeros(0, dtype=np.int64)
+    if not images:
+        return float("nan")
+    scores, labels = np.concatenate([m.scores for m in images]), np.concatenate([m.labels for m in images])
+    tp, gt = np.concatenate([m.tp for m in images]), np.concatenate([m.gt_labels for m in images])
     aps = []
     for c in np.unique(gt):
         n_gt = int((gt == c).sum())
@@ -68,7 +68,7 @@ def map50(images: Sequence[ImageMatches]) -> float:
         tps, fps = np.cumsum(hits), np.cumsum(~hits)
         recall = tps / n_gt
         precision = tps / np.maximum(tps + fps, np.spacing(1))
-        precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+        precision = np.maximum.accumulate(precision[::-1])[::-1]  # the envelope (empty stays empty)
         at = np.searchsorted(recall, RECALLS, side="left")
         q = np.zeros(len(RECALLS))
         reached = at < len(precision)

@@ -261,10 +261,11 @@ class ChenDetectionKD(Term):
         _, obj_scale, _ = gain_scales(s_maps, self.strides, self.hard.normalise)
         total = s_maps[0].sum() * 0
         for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
+            t = t.detach().float()
             log_ps = log_class_distribution(s.float(), self.temperature)
-            log_pt = log_class_distribution(t.detach().float(), self.temperature)
+            log_pt = log_class_distribution(t, self.temperature)
             if self.fm_nms:  # suppressed cells teach pure background (log 0 as -1e4: 0 · (-1e4 - log P_s) = 0)
-                keep = fm_nms(t[..., 4].detach().float().sigmoid(), t[..., 5:].detach().float().sigmoid())
+                keep = fm_nms(t[..., 4].sigmoid(), t[..., 5:].sigmoid())
                 background = torch.full_like(log_pt, -1e4)
                 background[..., 0] = 0.0
                 log_pt = torch.where(keep.unsqueeze(-1), log_pt, background)

@@ -10,21 +10,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+def voc_data(path: str) -> str:
+    """The data section of a VOC folder at ``path`` (its comment in the column of the others)."""
+    return f"""\
+data:
+  name: voc
+  data_dir: {path + " " * (24 - len(path))}# relative to the folder hintdistill runs in
+  image_size: 256
+  workers: 2
+"""
+
+
 DATA = {
-    "bccd": ("BCCD blood cells (Platelets / RBC / WBC; 205 train, 87 val, 72 test images)", """\
-data:
-  name: voc
-  data_dir: ../shared/data/bccd     # relative to the folder hintdistill runs in
-  image_size: 256
-  workers: 2
-"""),
-    "raccoon": ("Raccoon (one class, about one object per image; 130 train, 20 val, 50 test photos)", """\
-data:
-  name: voc
-  data_dir: ../shared/data/raccoon  # relative to the folder hintdistill runs in
-  image_size: 256
-  workers: 2
-"""),
+    "bccd": ("BCCD blood cells (Platelets / RBC / WBC; 205 train, 87 val, 72 test images)",
+             voc_data("../shared/data/bccd")),
+    "raccoon": ("Raccoon (one class, about one object per image; 130 train, 20 val, 50 test photos)",
+                voc_data("../shared/data/raccoon")),
     "synthetic": ("Synthetic set (data/synthetic.py): Fashion-MNIST items of 5 classes pasted at 10-128 px on "
                   "cluttered\n# 256 px backgrounds, 0-4 per image; 300 train, 50 val, 100 test images, generated "
                   "into runs/data/synthetic\n# on first use (about 20 s)", """\

@@ -50,6 +50,21 @@ def test_yolo_outputs_anchors_and_sizes():
     assert params["m"] > 5 * params["n"] and params["l"] > 2 * params["m"]
 
 
+def test_yolo_loss_takes_the_models_own_output_in_a_hand_loop():
+    """``loss(model(x), [], targets)`` works as ``loss(outputs_from(model(x)), ...)`` does: a user's loop need
+    not know the engine's Outputs dict; anything else is refused naming what was passed."""
+    torch.manual_seed(0)
+    model = build_model("yolo", {"num_classes": 2, "size": "n", "anchors": ANCHORS, "width": 0.0625})
+    loss = YoloLoss.for_model(model)
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    out = model(torch.rand(2, 3, 64, 64))
+    expected = loss({f"head:{i}": m for i, m in enumerate(out)}, [], targets)
+    assert torch.equal(loss(out, [], targets), expected) and expected.item() > 0
+    with pytest.raises(TypeError, match="only a detector's per-level head maps"):
+        loss([torch.rand(2, 7)], [], targets)
+
+
 class Perfect(torch.nn.Module):
     """Returns the ground truth as its detections."""
 

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import ConfigError, DataError, ShapeError
-from ..taps import Outputs
+from ..taps import Outputs, outputs_from
 from ..terms.base import Term
 from ..terms.registry import TermConfig, register_term
 from .assign import LevelTargets, assign_targets
@@ -102,7 +102,10 @@ def detector_context(kind: str, context: dict) -> tuple[Any, Sequence[float]]:
 
 
 def head_maps(outputs: Outputs, role: str = "student") -> list[torch.Tensor]:
-    """The raw per-level maps ``head:0, head:1, ...`` of one Outputs, each ``[B, A, H, W, 5+C]``."""
+    """The raw per-level maps ``head:0, head:1, ...`` of one Outputs (or of a detector's own output, the list of
+    maps), each ``[B, A, H, W, 5+C]``."""
+    if not isinstance(outputs, dict):
+        outputs = outputs_from(outputs)
     maps = []
     while f"head:{len(maps)}" in outputs:
         maps.append(outputs[f"head:{len(maps)}"])

@@ -76,12 +76,15 @@ def teacher_configs(tree: dict) -> list[dict]:
     return tree["teachers"] if "teachers" in tree else [tree["teacher"]]
 
 
-def run_pair(pair: str, seeds: list[int], out: Path) -> dict[str, list[dict]]:
+def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = None) -> dict[str, list[dict]]:
+    """Train (or find finished) every row of ``pair`` for each seed; ``only`` keeps those rows (the teacher and
+    the baseline come with the first row run, whichever it is)."""
     base = yaml.safe_load((ROOT / PAIRS[pair]).read_text())
     rows: dict[str, list[dict]] = {}
     teacher_ckpts: list[str] | None = None
+    chosen = {r: t for r, t in variants(pair, base).items() if not only or r in only}
     for seed in seeds:
-        for i, (row, tree) in enumerate(variants(pair, base).items()):
+        for i, (row, tree) in enumerate(chosen.items()):
             tree = json.loads(json.dumps(tree))
             tree.update(seed=seed, name=f"{pair}-{row}-seed{seed}", output_dir=str(out / pair / row / f"seed{seed}"))
             if i > 0:
@@ -130,6 +133,20 @@ def stage_epochs(pair: str) -> dict[str, int]:
     return e
 
 
+ROW_ORDER = ["teacher", "ensemble", "baseline", "kd", "hint_kd", "at", "dkd", "at_kd"]
+
+
+def in_order(results: list[dict]) -> list[dict]:
+    """By pair (as first seen), then teachers, ensemble, baseline and the distilled rows, whichever run wrote them."""
+    pairs = list(dict.fromkeys(r["name"].split("/")[0] for r in results))
+
+    def key(r: dict) -> tuple:
+        pair, row = r["name"].split("/", 1)
+        base = "teacher" if row.startswith("teacher") else row
+        return (pairs.index(pair), ROW_ORDER.index(base) if base in ROW_ORDER else len(ROW_ORDER), row)
+    return sorted(results, key=key)
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["| pair/row | params | test errors (of 10,000) | accuracy | seeds | epochs | CPU ms/img | train wall |",
              "|---|---|---|---|---|---|---|---|"]
@@ -164,6 +181,8 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks/runs"))
     p.add_argument("--table-only", action="store_true", help="print the table of the saved results; train nothing")
     p.add_argument("--list", action="store_true", help="print every row's stages and terms; train nothing")
+    p.add_argument("--rows", nargs="+", help="run only these distilled rows (e.g. at dkd at_kd); the saved rows of "
+                   "the pair not run again are kept, the teacher and baseline rows are replaced")
     a = p.parse_args()
     dest = ROOT / "benchmarks/results/classification.json"
     if a.list:
@@ -175,14 +194,15 @@ def main() -> int:
     t0 = time.time()
     results = []
     for pair in a.pairs:
-        results += aggregate(pair, run_pair(pair, a.seeds, Path(a.out)), stage_epochs(pair))
+        results += aggregate(pair, run_pair(pair, a.seeds, Path(a.out), a.rows), stage_epochs(pair))
     dest.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(dest.read_text()) if dest.is_file() else []
-    keep = [r for r in old if r["name"].split("/")[0] not in a.pairs]
-    dest.write_text(json.dumps(keep + results, indent=2))
+    new = {r["name"] for r in results}
+    keep = [r for r in old if r["name"].split("/")[0] not in a.pairs or (a.rows and r["name"] not in new)]
+    dest.write_text(json.dumps(in_order(keep + results), indent=2))
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")
-    print(markdown(keep + results))
+    print(markdown(in_order(keep + results)))
     return 0
 
 

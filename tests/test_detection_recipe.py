@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from hintdistill.build import build_data, build_terms
 from hintdistill.config import load_recipe, recipe_from_dict
 from hintdistill.detection.anchors import kmeans_anchors
+from hintdistill.detection.build import multiscale_sizes, rescale_batch
 from hintdistill.detection.loss import YoloLoss
 from hintdistill.engine.checkpoint import safe_load
 from hintdistill.engine.pipeline import run_recipe
@@ -34,7 +36,7 @@ def tiny_recipe(tmp_path, terms, **data) -> dict:
         "teacher": {"name": "yolo", "args": {"size": "n", "width": 0.125, "depth": 0.33}, "train": train},
         "student": {"name": "yolo", "args": {"size": "n", "width": 0.0625, "depth": 0.33}},
         "baseline": dict(train, augment=["hflip"]),
-        "distill": [dict(train, name="distill", augment=["hflip", "jitter", "mosaic"], terms=terms)],
+        "distill": [dict(train, name="distill", augment=["hflip", "jitter", "mosaic", "multiscale"], terms=terms)],
     }
 
 
@@ -64,6 +66,43 @@ def test_detection_recipe_runs_end_to_end_with_kmeans_anchors_in_model_files(tmp
         assert not any(k.startswith(("terms", "teachers")) for k in ckpt["state_dict"])  # no adapter inside
     assert data.primary_metric == "map50" and data.class_names == ["Platelets", "RBC", "WBC"]
     assert data.context["anchors"] == data.model_defaults["anchors"] and data.context["strides"] == (8, 16, 32)
+
+
+def test_multiscale_sizes_and_rescaled_boxes():
+    assert multiscale_sizes(192) == [96, 128, 160, 192, 224, 256, 288]
+    assert multiscale_sizes(64) == [32, 64, 96]
+    images = torch.rand(2, 3, 64, 64)
+    targets = [{"boxes": torch.tensor([[8.0, 16.0, 40.0, 48.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    big, scaled = rescale_batch(images, targets, 96)
+    assert big.shape == (2, 3, 96, 96) and torch.equal(scaled[0]["boxes"], torch.tensor([[12.0, 24.0, 60.0, 72.0]]))
+    assert scaled[0]["labels"] is targets[0]["labels"] and scaled[1]["boxes"].shape == (0, 4)
+    assert rescale_batch(images, targets, 64)[0] is images  # the drawn size may be the input's own
+
+
+@needs_bccd
+def test_multiscale_batches_vary_in_size_per_epoch_and_repeat_with_the_seed(tmp_path):
+    data = build_data(recipe_from_dict(tiny_recipe(tmp_path, [{"type": "detection"}])))
+    loader = data.train_loader(1, ["multiscale"], 5, 0, 1)
+
+    def sides(epoch):
+        loader.set_epoch(epoch)
+        return [images.shape[-1] for images, _ in loader]
+
+    first = sides(1)
+    assert first == sides(1) and set(first) <= {32, 64, 96} and len(set(first)) > 1 and first != sides(2)
+    assert {images.shape[-1] for images, _ in data.test_loader} == {64}  # evaluation stays at the input size
+
+
+def test_augment_is_checked_against_the_task_when_the_recipe_loads(tmp_path):
+    tree = tiny_recipe(tmp_path, [{"type": "detection"}])
+    tree["baseline"]["augment"] = ["crop"]
+    with pytest.raises(ConfigError, match=r"baseline.augment: \['crop'\] not available for detection"):
+        recipe_from_dict(tree)
+    demo = yaml.safe_load((ROOT / "recipes/demo.yaml").read_text())
+    demo["distill"][-1]["augment"] = ["hflip", "multiscale"]
+    with pytest.raises(ConfigError, match=r"distill.1.augment: \['multiscale'\] not available for classification"):
+        recipe_from_dict(demo)
 
 
 @needs_bccd

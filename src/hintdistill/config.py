@@ -54,7 +54,9 @@ class TrainConfig(Strict):
     batch_size: int = Field(128, gt=0)
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    augment: list[Literal["jitter", "hflip", "crop", "mosaic"]] = []
+    augment: list[Literal["jitter", "hflip", "crop", "mosaic", "multiscale"]] = Field(
+        [], description="random training augmentation; detection: hflip, jitter, mosaic, multiscale (each batch "
+        "resized to a random multiple of 32 in 0.5-1.5x the input size, as YOLOv5's --multi-scale)")
     grad_clip_norm: float | None = Field(None, gt=0, description="clip the gradient's global L2 norm to this")
     eval_every: int = Field(1, gt=0, description="test every N epochs (and always after the last one); "
                                                    "detection evaluation costs seconds per epoch on a CPU")
@@ -191,6 +193,19 @@ class Recipe(Strict):
             data = dict(data)
             data["teachers"] = [data.pop("teacher")]
         return data
+
+    @model_validator(mode="after")
+    def _augment_fits_task(self):
+        allowed = {"classification": {"jitter", "hflip", "crop"},
+                   "detection": {"jitter", "hflip", "mosaic", "multiscale"}}[self.task]
+        phases = [(f"teachers.{i}.train", t.train) for i, t in enumerate(self.teachers)] + \
+                 [("baseline", self.baseline)] * (self.baseline is not None) + \
+                 [(f"distill.{i}", s) for i, s in enumerate(self.distill)]
+        for where, phase in phases:
+            wrong = sorted(set(phase.augment) - allowed)
+            if wrong:
+                raise ValueError(f"{where}.augment: {wrong} not available for {self.task}; use {sorted(allowed)}")
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")

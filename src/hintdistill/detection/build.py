@@ -9,10 +9,12 @@ strides in ``TaskData.context`` are only the fallback of a context made by hand.
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -31,10 +33,11 @@ DEFAULT_EVAL_BATCH = 16
 
 
 def train_transforms(augment: list[str]) -> T.Compose:
-    """The photometric/flip part of ``augment`` (mosaic is the dataset's own switch)."""
-    unknown = set(augment) - {"hflip", "jitter", "mosaic"}
+    """The photometric/flip part of ``augment`` (mosaic is the dataset's own switch, multiscale the loader's)."""
+    unknown = set(augment) - {"hflip", "jitter", "mosaic", "multiscale"}
     if unknown:
-        raise ConfigError(f"augment {sorted(unknown)} is not available for detection; use hflip, jitter, mosaic")
+        raise ConfigError(f"augment {sorted(unknown)} is not available for detection; use hflip, jitter, mosaic, "
+                          f"multiscale")
     steps = []
     if "hflip" in augment:
         steps.append(T.RandomHorizontalFlip(0.5))
@@ -68,12 +71,29 @@ def open_split(recipe: Recipe, split: str) -> DetectionDataset:
     raise ConfigError(f"data.name '{d.name}' is a classification data set; set task: classification")
 
 
+def multiscale_sizes(size: int, stride: int = STRIDES[-1]) -> list[int]:
+    """YOLOv5's multi-scale range: the multiples of ``stride`` from 0.5x to 1.5x ``size``."""
+    low, high = max(stride, math.ceil(size * 0.5 / stride) * stride), int(size * 1.5) // stride * stride
+    return list(range(low, max(low, high) + 1, stride))
+
+
+def rescale_batch(images: torch.Tensor, targets: list[dict], side: int) -> tuple[torch.Tensor, list[dict]]:
+    """Images resized (bilinear) to ``side`` x ``side`` and their target boxes scaled with them."""
+    h, w = images.shape[-2:]
+    if (h, w) == (side, side):
+        return images, targets
+    images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+    factor = torch.tensor([side / w, side / h, side / w, side / h])
+    return images, [{**t, "boxes": t["boxes"] * factor} for t in targets]
+
+
 class EpochLoader:
-    """A DataLoader whose shuffling (and augmentation randomness) is a function of ``seed`` and the epoch."""
+    """A DataLoader whose shuffling (and augmentation randomness) is a function of ``seed`` and the epoch;
+    with ``sizes``, each batch is resized to one of them, drawn from the same seed and epoch (multi-scale)."""
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int, world: int, workers: int,
-                 shuffle: bool = True):
-        self.dataset, self.seed = dataset, seed
+                 shuffle: bool = True, sizes: list[int] | None = None):
+        self.dataset, self.seed, self.sizes, self.epoch = dataset, seed, sizes, 0
         self.generator = torch.Generator().manual_seed(seed)
         self.sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed) if world > 1 else None
         self.loader = DataLoader(dataset, batch_size, shuffle=shuffle and self.sampler is None,
@@ -82,6 +102,7 @@ class EpochLoader:
                                  pin_memory=torch.cuda.is_available())  # page-locked: async host-to-GPU copies
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.generator.manual_seed(self.seed + epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
@@ -89,7 +110,16 @@ class EpochLoader:
             random.seed(self.seed + epoch)  # mosaic draws from ``random``; workers seed it from the generator
 
     def __iter__(self):
-        return iter(self.loader)
+        if not self.sizes:
+            return iter(self.loader)
+        return self._rescaled()
+
+    def _rescaled(self):
+        # its own generator, so the sizes drawn do not depend on the workers or on the shuffling
+        draw = torch.Generator().manual_seed(1_000_003 * self.seed + self.epoch)
+        for images, targets in self.loader:
+            side = self.sizes[int(torch.randint(len(self.sizes), (1,), generator=draw))]
+            yield rescale_batch(images, targets, side)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -121,7 +151,8 @@ def build_detection_data(recipe: Recipe) -> TaskData:
         ds = DetectionDataset(records, classes, size, train=train, mosaic="mosaic" in augment,
                               source=train_set.source)
         ds.augment = train_transforms(augment)
-        return EpochLoader(ds, batch_size, seed, rank, world, d.workers)
+        sizes = multiscale_sizes(size) if "multiscale" in augment else None
+        return EpochLoader(ds, batch_size, seed, rank, world, d.workers, sizes=sizes)
 
     n = len(classes)
     return TaskData("detection", train_loader, test_loader, n, (3, size, size), classes, primary_metric="map50",

@@ -76,18 +76,28 @@ def teacher_configs(tree: dict) -> list[dict]:
     return tree["teachers"] if "teachers" in tree else [tree["teacher"]]
 
 
-def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = None) -> dict[str, list[dict]]:
+def teacher_models(run: Path, n: int) -> list[str]:
+    """The model.pt of each of a run folder's ``n`` teachers."""
+    return [str(run / name / "model.pt") for name in (["teacher"] if n == 1 else [f"teacher_{k}" for k in range(n)])]
+
+
+def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = None,
+             teacher_run: Path | None = None) -> dict[str, list[dict]]:
     """Train (or find finished) every row of ``pair`` for each seed; ``only`` keeps those rows (the teacher and
-    the baseline come with the first row run, whichever it is)."""
+    the baseline come with the first row run, whichever it is). With ``teacher_run`` (a run folder of the same
+    pair) its trained teachers are loaded, and no baseline is trained: a second process adding rows."""
     base = yaml.safe_load((ROOT / PAIRS[pair]).read_text())
     rows: dict[str, list[dict]] = {}
-    teacher_ckpts: list[str] | None = None
+    teacher_ckpts = teacher_models(teacher_run, len(teacher_configs(base))) if teacher_run else None
+    missing = [p for p in teacher_ckpts or [] if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"--teacher-run {teacher_run}: no trained teacher at {', '.join(missing)}")
     chosen = {r: t for r, t in variants(pair, base).items() if not only or r in only}
     for seed in seeds:
         for i, (row, tree) in enumerate(chosen.items()):
             tree = json.loads(json.dumps(tree))
             tree.update(seed=seed, name=f"{pair}-{row}-seed{seed}", output_dir=str(out / pair / row / f"seed{seed}"))
-            if i > 0:
+            if i > 0 or teacher_run:
                 tree["baseline"] = None
             if teacher_ckpts:
                 for cfg, ckpt in zip(teacher_configs(tree), teacher_ckpts, strict=True):
@@ -99,9 +109,7 @@ def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = No
                     continue  # the same teacher(s), loaded again
                 rows.setdefault(name, []).append({**r, "seed": seed})
             if teacher_ckpts is None:
-                n = len(teacher_configs(tree))
-                teacher_ckpts = [str(out / pair / row / f"seed{seed}" / name / "model.pt")
-                                 for name in (["teacher"] if n == 1 else [f"teacher_{k}" for k in range(n)])]
+                teacher_ckpts = teacher_models(out / pair / row / f"seed{seed}", len(teacher_configs(tree)))
         print(json.dumps({k: [round(v["accuracy"], 4) for v in vs] for k, vs in rows.items()}), flush=True)
     return rows
 
@@ -183,6 +191,8 @@ def main() -> int:
     p.add_argument("--list", action="store_true", help="print every row's stages and terms; train nothing")
     p.add_argument("--rows", nargs="+", help="run only these distilled rows (e.g. at dkd at_kd); the saved rows of "
                    "the pair not run again are kept, the teacher and baseline rows are replaced")
+    p.add_argument("--teacher-run", type=Path, help="a finished run folder of the pair (e.g. RUNS/cnn/at/seed0) whose "
+                   "teachers to load instead of training them; no baseline is trained (the saved one is kept)")
     a = p.parse_args()
     dest = ROOT / "benchmarks/results/classification.json"
     if a.list:
@@ -194,11 +204,11 @@ def main() -> int:
     t0 = time.time()
     results = []
     for pair in a.pairs:
-        results += aggregate(pair, run_pair(pair, a.seeds, Path(a.out), a.rows), stage_epochs(pair))
+        results += aggregate(pair, run_pair(pair, a.seeds, Path(a.out), a.rows, a.teacher_run), stage_epochs(pair))
     dest.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(dest.read_text()) if dest.is_file() else []
     new = {r["name"] for r in results}
-    keep = [r for r in old if r["name"].split("/")[0] not in a.pairs or (a.rows and r["name"] not in new)]
+    keep = [r for r in old if r["name"].split("/")[0] not in a.pairs or ((a.rows or a.teacher_run) and r["name"] not in new)]
     dest.write_text(json.dumps(in_order(keep + results), indent=2))
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")

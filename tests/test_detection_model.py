@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hintdistill.detection.anchors import kmeans_anchors, mean_best_iou
+from hintdistill.detection.boxes import ciou
 from hintdistill.detection.evaluate import evaluate_detector
-from hintdistill.detection.loss import YoloLoss
+from hintdistill.detection.loss import YoloLoss, predicted_boxes
 from hintdistill.distiller import Distiller
 from hintdistill.errors import DataError
 from hintdistill.models import build_model
@@ -78,6 +80,29 @@ class Perfect(torch.nn.Module):
     def postprocess(self, raw, conf_thresh, iou_thresh, max_det=300):
         return [{"boxes": t["boxes"], "scores": torch.ones(len(t["boxes"])), "labels": t["labels"]}
                 for t in self.targets]
+
+
+def test_objectness_target_mixes_one_and_the_ciou_by_iou_ratio():
+    """A positive's objectness target is (1 - r) + r * CIoU: r = 1 the CIoU (default), r = 0 YOLOv3's 1."""
+    torch.manual_seed(0)
+    model = build_model("yolo", {"num_classes": 2, "size": "n", "anchors": ANCHORS, "width": 0.0625})
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([1])}]
+    out = {f"head:{i}": m for i, m in enumerate(model(torch.rand(1, 3, 64, 64)))}
+    default = YoloLoss.for_model(model)
+    assert default.iou_ratio == 1.0
+    positives = default.assign(list(out.values()), targets)
+    for r in (1.0, 0.5, 0.0):
+        loss = YoloLoss.for_model(model, iou_ratio=r)
+        expected = torch.zeros(())
+        for level, (raw, pos) in enumerate(zip(out.values(), positives, strict=True)):
+            tobj = torch.zeros_like(raw[..., 4])
+            if len(pos):
+                boxes = predicted_boxes(raw, pos, loss.level_anchors()[level], loss.strides[level], loss.heads[level])
+                iou = ciou(boxes, pos.boxes).detach().clamp(min=0)
+                tobj[pos.batch, pos.anchor, pos.gj, pos.gi] = (1 - r) + r * iou
+            expected = expected + loss.balance[level] * F.binary_cross_entropy_with_logits(raw[..., 4], tobj)
+        torch.testing.assert_close(loss.loss_parts(out, [], targets)["obj"], expected)  # obj_weight 1, no scaling
+    assert sum(len(p) for p in positives) > 0
 
 
 def test_evaluate_detector_perfect_predictions_give_map_1():

@@ -6,7 +6,8 @@
 
 Positives come from ``assign.assign_targets`` (anchor shape ratio < 4, plus the two nearest neighbour
 cells); CIoU as in Zheng et al. 2020. The objectness target of a positive is its (detached, clamped ≥ 0)
-CIoU with its GT box, 0 everywhere else. ``balance`` weighs the stride-8/16/32 objectness losses
+CIoU with its GT box (with ``iou_ratio`` r < 1: (1 - r) + r·CIoU, YOLOv5's ``gr``), 0 everywhere else.
+``balance`` weighs the stride-8/16/32 objectness losses
 (4.0, 1.0, 0.4), since small levels have many more cells. Defaults for λ are YOLOv5's (0.05, 1.0, 0.5);
 unlike YOLOv5 the total is not multiplied by the batch size.
 
@@ -141,14 +142,17 @@ class YoloLoss(Term):
         cls_weight: float | None = Field(None, ge=0)
         normalise: Literal["none", "yolov5"] = Field("none", description="scale the gains per level, image "
                                                      "size and class count as YOLOv5 does")
+        iou_ratio: float | None = Field(None, ge=0, le=1, description="a positive's objectness target is "
+                                        "(1 - r) + r * CIoU (YOLOv5's model.gr); 1 (default): the CIoU alone, "
+                                        "0: YOLOv3's target 1")
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), box_weight: float = 0.05,
                  obj_weight: float = 1.0, cls_weight: float = 0.5, balance: Sequence[float] | None = None,
-                 anchor_t: float = 4.0, normalise: str = "none"):
+                 anchor_t: float = 4.0, normalise: str = "none", iou_ratio: float = 1.0):
         super().__init__()
         if normalise not in NORMALISE:
             raise ConfigError(f"YoloLoss normalise='{normalise}': choose one of {', '.join(NORMALISE)}")
-        self.normalise = normalise
+        self.normalise, self.iou_ratio = normalise, iou_ratio
         self.heads = as_heads(anchors, strides)
         self.register_buffer("anchors", anchor_buffer(self.heads))
         self.strides = [h.stride for h in self.heads]
@@ -201,7 +205,8 @@ class YoloLoss(Term):
                 anchors = self.level_anchors(raw.device)[level]
                 iou = ciou(predicted_boxes(raw, pos, anchors, self.strides[level], self.heads[level]), pos.boxes)
                 lbox = lbox + (1 - iou).mean()
-                tobj[pos.batch, pos.anchor, pos.gj, pos.gi] = iou.detach().clamp(min=0).to(tobj.dtype)
+                target = (1 - self.iou_ratio) + self.iou_ratio * iou.detach().clamp(min=0)
+                tobj[pos.batch, pos.anchor, pos.gj, pos.gi] = target.to(tobj.dtype)
                 logits = raw[pos.batch, pos.anchor, pos.gj, pos.gi, 5:]
                 if int(pos.labels.max()) >= logits.shape[-1]:
                     raise DataError(f"a target label is {int(pos.labels.max())} but the head predicts "

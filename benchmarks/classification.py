@@ -82,10 +82,11 @@ def teacher_models(run: Path, n: int) -> list[str]:
 
 
 def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = None,
-             teacher_run: Path | None = None) -> dict[str, list[dict]]:
+             teacher_run: Path | None = None, baseline: bool = True) -> dict[str, list[dict]]:
     """Train (or find finished) every row of ``pair`` for each seed; ``only`` keeps those rows (the teacher and
     the baseline come with the first row run, whichever it is). With ``teacher_run`` (a run folder of the same
-    pair) its trained teachers are loaded, and no baseline is trained: a second process adding rows."""
+    pair) its trained teachers are loaded instead, so that other processes can take other seeds or rows;
+    ``baseline=False`` trains no baseline (one process trains it, the others add rows)."""
     base = yaml.safe_load((ROOT / PAIRS[pair]).read_text())
     rows: dict[str, list[dict]] = {}
     teacher_ckpts = teacher_models(teacher_run, len(teacher_configs(base))) if teacher_run else None
@@ -97,7 +98,7 @@ def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = No
         for i, (row, tree) in enumerate(chosen.items()):
             tree = json.loads(json.dumps(tree))
             tree.update(seed=seed, name=f"{pair}-{row}-seed{seed}", output_dir=str(out / pair / row / f"seed{seed}"))
-            if i > 0 or teacher_run:
+            if i > 0 or not baseline:
                 tree["baseline"] = None
             if teacher_ckpts:
                 for cfg, ckpt in zip(teacher_configs(tree), teacher_ckpts, strict=True):
@@ -192,7 +193,9 @@ def main() -> int:
     p.add_argument("--rows", nargs="+", help="run only these distilled rows (e.g. at dkd at_kd); the saved rows of "
                    "the pair not run again are kept, the teacher and baseline rows are replaced")
     p.add_argument("--teacher-run", type=Path, help="a finished run folder of the pair (e.g. RUNS/cnn/at/seed0) whose "
-                   "teachers to load instead of training them; no baseline is trained (the saved one is kept)")
+                   "teachers to load instead of training them (several processes, one teacher)")
+    p.add_argument("--no-baseline", action="store_true", help="train no baseline (another process trains it; the "
+                   "saved baseline rows are kept)")
     a = p.parse_args()
     dest = ROOT / "benchmarks/results/classification.json"
     if a.list:
@@ -204,11 +207,11 @@ def main() -> int:
     t0 = time.time()
     results = []
     for pair in a.pairs:
-        results += aggregate(pair, run_pair(pair, a.seeds, Path(a.out), a.rows, a.teacher_run), stage_epochs(pair))
+        results += aggregate(pair, run_pair(pair, a.seeds, Path(a.out), a.rows, a.teacher_run, not a.no_baseline), stage_epochs(pair))
     dest.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(dest.read_text()) if dest.is_file() else []
     new = {r["name"] for r in results}
-    keep = [r for r in old if r["name"].split("/")[0] not in a.pairs or ((a.rows or a.teacher_run) and r["name"] not in new)]
+    keep = [r for r in old if r["name"].split("/")[0] not in a.pairs or ((a.rows or a.no_baseline) and r["name"] not in new)]
     dest.write_text(json.dumps(in_order(keep + results), indent=2))
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")

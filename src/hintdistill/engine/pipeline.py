@@ -48,7 +48,6 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         log(f"run folder: {run_dir}  device: {device}  processes: {d.world}")
     data = build_data(recipe)
-    rows = []
     # before any teacher trains: a student that cannot be built or predicts the wrong classes fails now
     student_cfg, wants_teacher_anchors = student_config(recipe)
     student = check_model_fits_data(instantiate(model_spec(student_cfg, data.model_defaults)), data, "student",
@@ -57,30 +56,7 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     dry_run(recipe, data, lambda teachers: student_specs(student_cfg, wants_teacher_anchors, student, teachers,
                                                          data)[0])  # issue 12: every stage's layers, shapes and adapters on one batch, before any training
 
-    teachers = []
-    for i, tcfg in enumerate(recipe.teachers):
-        name = "teacher" if len(recipe.teachers) == 1 else f"teacher_{i}"
-        spec = model_spec(tcfg, data.model_defaults)
-        seed_everything(recipe.seed + 1000 * (i + 1))
-        model = instantiate(spec)
-        check_model_fits_data(model, data, name, recipe.data.name, student)  # issue 12
-        check_num_classes(model, data, name)
-        if tcfg.checkpoint:
-            model = load_teacher(model, tcfg.checkpoint)  # keeps its own anchors
-            model.to(device)
-            result = {**data.evaluate(model, device), "train_s": 0.0}
-            if d.main:
-                log(f"[{name}] loaded {tcfg.checkpoint}")
-        else:
-            result = PhaseTrainer(Phase(name, model, portable_spec(spec, model), [as_stage(tcfg.train, "train")]),
-                                  data, run_dir, device, d, recipe.seed + i, recipe.amp, log, recipe.speed).train()
-        teachers.append(model)
-        rows.append(summary_row(name, model, spec, result, data, recipe))
-    if len(teachers) > 1 and data.kind == "classification":  # what the student is distilled from
-        ensemble = ProbabilityAverage(teachers).to(device)
-        rows.append(summary_row("ensemble", ensemble, {"name": "ensemble"},
-                                {**data.evaluate(ensemble, device), "train_s": sum(r["train_s"] for r in rows)},
-                                data, recipe))
+    teachers, rows = train_or_load_teachers(recipe, data, student, run_dir, device, d, log)
     barrier(d)
 
     student_spec, saved_spec = student_specs(student_cfg, wants_teacher_anchors, student, teachers, data)
@@ -110,6 +86,37 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         except ImportError:  # matplotlib (the figures) missing
             pass
     return summary
+
+
+def train_or_load_teachers(recipe: Recipe, data, student: torch.nn.Module, run_dir, device: torch.device, d: Dist,
+                           log) -> tuple[list[torch.nn.Module], list[dict]]:
+    """Each teacher trained (or loaded from its checkpoint) and its summary row; an ``ensemble`` row for several
+    classification teachers (what ``kd`` distils from)."""
+    teachers, rows = [], []
+    for i, tcfg in enumerate(recipe.teachers):
+        name = "teacher" if len(recipe.teachers) == 1 else f"teacher_{i}"
+        spec = model_spec(tcfg, data.model_defaults)
+        seed_everything(recipe.seed + 1000 * (i + 1))
+        model = instantiate(spec)
+        check_model_fits_data(model, data, name, recipe.data.name, student)  # issue 12
+        check_num_classes(model, data, name)
+        if tcfg.checkpoint:
+            model = load_teacher(model, tcfg.checkpoint)  # keeps its own anchors
+            model.to(device)
+            result = {**data.evaluate(model, device), "train_s": 0.0}
+            if d.main:
+                log(f"[{name}] loaded {tcfg.checkpoint}")
+        else:
+            result = PhaseTrainer(Phase(name, model, portable_spec(spec, model), [as_stage(tcfg.train, "train")]),
+                                  data, run_dir, device, d, recipe.seed + i, recipe.amp, log, recipe.speed).train()
+        teachers.append(model)
+        rows.append(summary_row(name, model, spec, result, data, recipe))
+    if len(teachers) > 1 and data.kind == "classification":  # what the student is distilled from
+        ensemble = ProbabilityAverage(teachers).to(device)
+        rows.append(summary_row("ensemble", ensemble, {"name": "ensemble"},
+                                {**data.evaluate(ensemble, device), "train_s": sum(r["train_s"] for r in rows)},
+                                data, recipe))
+    return teachers, rows
 
 
 def student_config(recipe: Recipe) -> tuple[ModelConfig, bool]:

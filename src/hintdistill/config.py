@@ -47,6 +47,10 @@ class ScheduleConfig(Strict):
     warmup_epochs: int = Field(0, ge=0)
 
 
+# what a training stage's ``augment`` may hold, per task (recipes are checked against it when they load)
+AUGMENT_BY_TASK = {"classification": ("jitter", "hflip", "crop"), "detection": ("hflip", "jitter", "mosaic", "multiscale")}
+
+
 class TrainConfig(Strict):
     """How one model is trained on its own (teacher, baseline student)."""
 
@@ -196,8 +200,7 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _augment_fits_task(self):
-        allowed = {"classification": {"jitter", "hflip", "crop"},
-                   "detection": {"jitter", "hflip", "mosaic", "multiscale"}}[self.task]
+        allowed = set(AUGMENT_BY_TASK[self.task])
         phases = [(f"teachers.{i}.train", t.train) for i, t in enumerate(self.teachers)] + \
                  [("baseline", self.baseline)] * (self.baseline is not None) + \
                  [(f"distill.{i}", s) for i, s in enumerate(self.distill)]

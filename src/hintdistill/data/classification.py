@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .sanity import scan_images
 
 DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
@@ -180,9 +180,6 @@ class TensorLoader:
     epoch: int = 0
 
     def __post_init__(self):
-        unknown = sorted(set(self.augment) - {"jitter", "hflip", "crop"})
-        if unknown:
-            raise ConfigError(f"augment {unknown} is for detection; a classification stage may use jitter, hflip, crop")
         self._mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std).view(1, -1, 1, 1)
         # The data set indices of the batch last yielded: the teacher cache keys its rows by them.

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import Recipe, SyntheticConfig
+from ..config import AUGMENT_BY_TASK, Recipe, SyntheticConfig
 from ..data.synthetic import ensure_synthetic, synthetic_classes
 from ..data.task import TaskData
 from ..data.voc import CocoDetection, DetectionDataset, VOCDetection, detection_collate
@@ -34,10 +34,10 @@ DEFAULT_EVAL_BATCH = 16
 
 def train_transforms(augment: list[str]) -> T.Compose:
     """The photometric/flip part of ``augment`` (mosaic is the dataset's own switch, multiscale the loader's)."""
-    unknown = set(augment) - {"hflip", "jitter", "mosaic", "multiscale"}
+    unknown = set(augment) - set(AUGMENT_BY_TASK["detection"])
     if unknown:
-        raise ConfigError(f"augment {sorted(unknown)} is not available for detection; use hflip, jitter, mosaic, "
-                          f"multiscale")
+        raise ConfigError(f"augment {sorted(unknown)} is not available for detection; use "
+                          f"{', '.join(AUGMENT_BY_TASK['detection'])}")
     steps = []
     if "hflip" in augment:
         steps.append(T.RandomHorizontalFlip(0.5))

@@ -167,7 +167,7 @@ def markdown(results: list[dict]) -> str:
     by = {r["name"]: r for r in results}
     for pair in sorted({r["name"].split("/")[0] for r in results}):
         t, b = by.get(f"{pair}/ensemble") or by.get(f"{pair}/teacher"), by.get(f"{pair}/baseline")
-        for row in ("kd", "hint_kd", "at", "dkd", "at_kd"):
+        for row in ROW_ORDER[ROW_ORDER.index("baseline") + 1:]:  # the distilled rows
             s = by.get(f"{pair}/{row}")
             if not (t and b and s):
                 continue
@@ -212,10 +212,11 @@ def main() -> int:
     old = json.loads(dest.read_text()) if dest.is_file() else []
     new = {r["name"] for r in results}
     keep = [r for r in old if r["name"].split("/")[0] not in a.pairs or ((a.rows or a.no_baseline) and r["name"] not in new)]
-    dest.write_text(json.dumps(in_order(keep + results), indent=2))
+    table = in_order(keep + results)
+    dest.write_text(json.dumps(table, indent=2))
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")
-    print(markdown(in_order(keep + results)))
+    print(markdown(table))
     return 0
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from . import config as C
 from .data.classification import CLASS_NAMES, STATS, TensorLoader, image_folder_loader, load_tensors
-from .data.task import TaskData
+from .data.task import TaskData, first_examples
 from .detection.build import build_detection_data
 from .detection.heads import describe, head_differences, model_heads
 from .errors import ConfigError, DataError
@@ -94,7 +94,10 @@ def build_classification_data(recipe: C.Recipe) -> TaskData:
             raise DataError(f"{root}/train and {root}/test have different class folders ({classes} vs "
                             f"{test_classes}); the labels would not match: give both the same class folders.")
 
-        def train_loader(bs, augment, seed, rank, world):
+        def train_loader(bs, augment, seed, rank, world, subset=None):
+            if subset:  # ImageFolder orders samples by class: the first N would be a few classes only
+                raise ConfigError("train_subset on a training phase needs tensor or detection data; an image "
+                                  "folder lists its samples class by class: make a smaller train folder instead")
             loader, _ = image_folder_loader(f"{root}/train", bs, True, d.image_size, seed, rank, world, d.workers)
             loader.set_epoch = getattr(loader.sampler, "set_epoch", lambda e: None)
             return loader
@@ -114,8 +117,9 @@ def build_classification_data(recipe: C.Recipe) -> TaskData:
     num_classes = 100 if d.name == "cifar100" else 10
     test = TensorLoader(x_test, y_test, recipe.eval_batch_size, mean, std)
 
-    def train_loader(bs, augment, seed, rank, world):
-        return TensorLoader(x_train, y_train, bs, mean, std, shuffle=True, augment=list(augment), seed=seed,
+    def train_loader(bs, augment, seed, rank, world, subset=None):
+        n = first_examples(len(x_train), subset)
+        return TensorLoader(x_train[:n], y_train[:n], bs, mean, std, shuffle=True, augment=list(augment), seed=seed,
                             rank=rank, world=world)
 
     shape = tuple(x_train.shape[1:])

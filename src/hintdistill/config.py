@@ -62,6 +62,10 @@ class TrainConfig(Strict):
         [], description="random training augmentation; detection: hflip, jitter, mosaic, multiscale (each batch "
         "resized to a random multiple of 32 in 0.5-1.5x the input size, as YOLOv5's --multi-scale)")
     grad_clip_norm: float | None = Field(None, gt=0, description="clip the gradient's global L2 norm to this")
+    train_subset: int | None = Field(
+        None, gt=0, description="train this phase on only the first N training examples (of data.train_subset's "
+        "when that is set), e.g. the students on a small labelled set while the teacher trains on all of it "
+        "(Hinton et al. 2015, Table 5); the test set is unchanged")
     eval_every: int = Field(1, gt=0, description="test every N epochs (and always after the last one); "
                                                    "detection evaluation costs seconds per epoch on a CPU")
     terms: list[AnyTerm] = [registered()["ce"].Config(type="ce")]

@@ -8,7 +8,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..metrics import evaluate_classifier
+
+
+def first_examples(available: int, subset: int | None) -> int | None:
+    """How many training examples a phase with ``train_subset: subset`` reads (``None``: all of them)."""
+    if subset is not None and subset > available:
+        raise ConfigError(f"train_subset: {subset} is more than the {available} training examples there are; "
+                          f"lower it, or remove it to train on all of them")
+    return subset
 
 
 @dataclass
@@ -16,7 +25,7 @@ class TaskData:
     """What the engine needs of a task's data, independent of classification or detection."""
 
     kind: str
-    train_loader: Any  # callable(batch_size, augment, seed, rank, world) -> iterable with set_epoch
+    train_loader: Any  # callable(batch_size, augment, seed, rank, world, subset=None) -> iterable with set_epoch
     test_loader: Any
     num_classes: int
     input_shape: tuple[int, ...]

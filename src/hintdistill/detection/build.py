@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import AUGMENT_BY_TASK, Recipe, SyntheticConfig
 from ..data.synthetic import ensure_synthetic, synthetic_classes
-from ..data.task import TaskData
+from ..data.task import TaskData, first_examples
 from ..data.voc import CocoDetection, DetectionDataset, VOCDetection, detection_collate
 from ..data.yolo_txt import YoloTxtDetection
 from ..errors import ConfigError, DataError
@@ -145,10 +145,11 @@ def build_detection_data(recipe: Recipe) -> TaskData:
     test_loader = DataLoader(test_set, eval_batch, shuffle=False, num_workers=d.workers,
                              collate_fn=detection_collate)
 
-    def train_loader(batch_size: int, augment, seed: int, rank: int, world: int) -> EpochLoader:
+    def train_loader(batch_size: int, augment, seed: int, rank: int, world: int,
+                     subset: int | None = None) -> EpochLoader:
         augment = list(augment)
         train = bool(augment)
-        ds = DetectionDataset(records, classes, size, train=train, mosaic="mosaic" in augment,
+        ds = DetectionDataset(records[: first_examples(len(records), subset)], classes, size, train=train, mosaic="mosaic" in augment,
                               source=train_set.source)
         ds.augment = train_transforms(augment)
         sizes = multiscale_sizes(size) if "multiscale" in augment else None

@@ -101,6 +101,18 @@ def test_rgb_image_folder_with_the_cnn_default_stops_before_training(tmp_path):
     assert not (tmp_path / "run/teacher").exists()
 
 
+def test_image_folder_refuses_subsets_instead_of_ignoring_them(tmp_path):
+    write_image_folder(tmp_path / "d")
+    tree = folder_recipe(tmp_path / "d", tmp_path, {"in_channels": 3})
+    tree["data"]["train_subset"] = 2
+    with pytest.raises(ConfigError, match="train_subset / test_subset are not available for an image folder"):
+        build_data(recipe_from_dict(tree))
+    del tree["data"]["train_subset"]
+    data = build_data(recipe_from_dict(tree))
+    with pytest.raises(ConfigError, match="train_subset on a training phase needs tensor or detection data"):
+        data.train_loader(2, [], 0, 0, 1, subset=2)
+
+
 def test_image_folder_train_and_test_with_different_classes(tmp_path):
     write_image_folder(tmp_path / "d")
     write_image_folder(tmp_path / "d", classes=("emu",), splits=("test",))

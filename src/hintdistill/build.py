@@ -86,6 +86,10 @@ def build_classification_data(recipe: C.Recipe) -> TaskData:
     if d.name == "image_folder":
         if not d.data_dir:
             raise ConfigError("data.data_dir must name the image folder (one sub-folder per class)")
+        if d.train_subset or d.test_subset:  # a silently ignored subset would train on everything
+            raise ConfigError("data.train_subset / test_subset are not available for an image folder (it lists its "
+                              "images class by class, so the first N would be a few classes): make smaller "
+                              "train / test folders instead")
         root = d.data_dir.rstrip("/")
         _, classes = image_folder_loader(f"{root}/train", 1, False, d.image_size, 0, workers=0)
         test, test_classes = image_folder_loader(f"{root}/test", recipe.eval_batch_size, False, d.image_size, 0,

@@ -1,5 +1,5 @@
 """recipes/demo.yaml (the README's first command): a FitNets hint stage, then KD, on a student 9x smaller than
-its teacher; checked without training."""
+its teacher that has a tenth of its labelled images; checked without training."""
 
 from pathlib import Path
 
@@ -24,7 +24,10 @@ def test_demo_is_hint_then_kd_with_matching_layers():
     assert kd_temperature(recipe)[0] == 4.0
     ramp = kd.terms[1].weight
     assert (ramp.start, ramp.end, ramp.epochs) == (4.0, 1.0, kd.epochs)  # lambda reaches 1 as the stage ends
-    assert recipe.baseline.epochs == kd.epochs  # the baseline trains as long as the KD stage
+    assert recipe.baseline.epochs == hint.epochs + kd.epochs  # the baseline trains as long as both stages
+    # the students learn from 2,000 of the teacher's 20,000 images (Hinton et al.'s few-labels setting)
+    assert recipe.teachers[0].train.train_subset is None and recipe.data.train_subset == 20000
+    assert recipe.baseline.train_subset == hint.train_subset == kd.train_subset == 2000
     teacher = build_model("cnn", {**recipe.teachers[0].args, "num_classes": 10})
     student = build_model("cnn", {**recipe.student.args, "num_classes": 10})
     assert count_params(teacher) > 9 * count_params(student)

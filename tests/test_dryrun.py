@@ -77,7 +77,7 @@ def test_dry_run_leaves_the_random_state_and_a_good_recipe_alone(tmp_path):
 
 def test_non_finite_first_batch_is_a_data_error(tmp_path):
     x, y = torch.zeros(8, 1, 28, 28, dtype=torch.uint8), torch.arange(8) % 10
-    data = TaskData("classification", lambda bs, aug, seed, rank, world, subset=None: TensorLoader(
+    data = TaskData("classification", lambda bs, aug, seed, rank, world: TensorLoader(
         x, y, bs, (0.0,), (0.0,)), None, 10, (1, 28, 28))  # mean and std 0: 0/0 is NaN
     with pytest.raises(DataError) as err:
         dry_run(recipe_from_dict(recipe(tmp_path)), data)

@@ -15,7 +15,7 @@ def tiny_data() -> TaskData:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(32) % 10
     test = TensorLoader(x, y, 16, (0.5,), (0.5,))
-    data = TaskData("classification", lambda bs, aug, seed, rank, world, subset=None: TensorLoader(
+    data = TaskData("classification", lambda bs, aug, seed, rank, world: TensorLoader(
         x, y, bs, (0.5,), (0.5,), shuffle=True, seed=seed), test, 10, (1, 8, 8))
     data.evaluate = lambda model, device: evaluate_classifier(model, test, device)
     return data

@@ -144,8 +144,9 @@ class Stage:
         state = self._resumed_state()
         if state is not None and int(state["epoch"]) == 0 and "rng" in state:
             torch.set_rng_state(state["rng"])  # resumed at a stage boundary: draw what an unbroken run draws
+        subset = {"subset": cfg.train_subset} if cfg.train_subset else {}  # a task's loader may not take one
         self.loader = t.data.train_loader(cfg.batch_size, cfg.augment, t.seed + self.index, t.d.rank, t.d.world,
-                                          subset=cfg.train_subset)
+                                          **subset)
         example = to_device(t.data.example_batch()[0], device)
         # detection terms read the heads (strides, anchors, decoding) of these models, not the task's
         context = heads_context(t.data.context, self.student, self.teachers)

@@ -106,8 +106,8 @@ def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = No
             summary = run_recipe(recipe_from_dict(tree))
             for r in summary["rows"]:
                 name = {"distilled": row}.get(r["model"], r["model"])
-                if (name.startswith("teacher") or name == "ensemble") and teacher_ckpts:
-                    continue  # the same teacher(s), loaded again
+                if (name.startswith("teacher") or name == "ensemble") and name in rows:
+                    continue  # the same teacher(s), loaded again: one row, from the first seed
                 rows.setdefault(name, []).append({**r, "seed": seed})
             if teacher_ckpts is None:
                 teacher_ckpts = teacher_models(out / pair / row / f"seed{seed}", len(teacher_configs(tree)))

@@ -17,6 +17,7 @@ spec.loader.exec_module(de)
 
 def test_subset_recipe_scales_every_stage_and_its_anneal():
     tree = yaml.safe_load((ROOT / "recipes/fashion_mnist_fitnets.yaml").read_text())  # hint 2 + kd 10 epochs
+    tree["distill"][1]["terms"][1]["weight"] = {"start": 4.0, "end": 1.0, "epochs": 10}  # an annealed weight
     sub = de.subset_tree(tree, 1800, 50, "t.pt", 2, Path("o"))
     assert sub["data"]["train_subset"] == 1800 and sub["teacher"]["checkpoint"] == "t.pt" and sub["seed"] == 2
     assert sub["baseline"]["epochs"] == 50

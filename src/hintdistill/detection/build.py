@@ -149,7 +149,8 @@ def build_detection_data(recipe: Recipe) -> TaskData:
                      subset: int | None = None) -> EpochLoader:
         augment = list(augment)
         train = bool(augment)
-        ds = DetectionDataset(records[: first_examples(len(records), subset)], classes, size, train=train, mosaic="mosaic" in augment,
+        phase_records = records[: first_examples(len(records), subset)]
+        ds = DetectionDataset(phase_records, classes, size, train=train, mosaic="mosaic" in augment,
                               source=train_set.source)
         ds.augment = train_transforms(augment)
         sizes = multiscale_sizes(size) if "multiscale" in augment else None

@@ -30,3 +30,17 @@ def test_map_near_zero_after_a_third_of_the_epochs():
     healthy = LearningWatch("x", epochs=30, lr=0.04)
     assert all(healthy.update(1.0 - 0.02 * e, {"map50": 0.2}) is None for e in range(15))
     assert LearningWatch("c", 30, 0.05).update(0.5, {"accuracy": 0.0}) is None  # classification: no mAP rule
+
+
+def test_the_warm_up_epochs_do_not_count_for_the_loss_rule():
+    # the raccoon YOLO-s teacher with mosaic and 3 warm-up epochs: the loss rises while the rate ramps up
+    losses = [0.386, 0.410, 0.417, 0.395, 0.392, 0.381, 0.367, 0.35, 0.33, 0.31, 0.29]
+    watch = LearningWatch("teacher/train", epochs=60, lr=0.04, warmup=3)
+    assert [watch.update(v, None) for v in losses] == [None] * len(losses)
+    # the same losses without the warm-up: epoch 1 is the best of the first six, so it warns
+    no_warmup = LearningWatch("teacher/train", 60, 0.04)
+    assert [no_warmup.update(v, None) is not None for v in losses].index(True) == 5
+    # after the warm-up a flat loss is still said (epochs 4-9 flat)
+    flat = LearningWatch("t", 60, 0.04, warmup=3)
+    said = [flat.update(v, None) for v in [0.5, 0.6, 0.6, 0.40, 0.40, 0.40, 0.40, 0.40, 0.40]]
+    assert said[-1] is not None and said[:-1] == [None] * 8

@@ -130,7 +130,8 @@ class Stage:
         self.label = f"{trainer.phase.name}/{cfg.name}"
         self.start_epoch = 0
         self.distiller: Distiller | None = None
-        self.watch = LearningWatch(self.label, cfg.epochs, cfg.optimizer.lr)  # warns when nothing is learned
+        # warns when nothing is learned (the warm-up's epochs, where the loss may rise, do not count)
+        self.watch = LearningWatch(self.label, cfg.epochs, cfg.optimizer.lr, warmup=cfg.schedule.warmup_epochs)
         self.cache: TeacherCache | None = None
         self.ema: WeightAverage | None = None
 
@@ -231,7 +232,7 @@ class Stage:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
-        self.start_epoch = int(state["epoch"])
+        self.start_epoch = self.watch.seen = int(state["epoch"])
         # stopped by a signal mid-epoch: the epoch's first ``step`` batches are skipped, its running sums kept
         self.start_step, self.partial, self.resume_rng = int(state.get("step", 0)), state.get("partial"), state["rng"]
         at = f", step {self.start_step}" if self.start_step else ""

@@ -265,6 +265,12 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
     data = build_data(recipe)
     teacher = instantiate(model_spec(recipe.teachers[0], data.model_defaults))
     stages = {"alone": (recipe.baseline.model_dump(), []), "distilled": (recipe.distill[0].model_dump(), [teacher])}
+    try:  # speed.fuse_teacher_bn (what PhaseTrainer does with it); absent from sources older than the option
+        from hintdistill.engine.fuse import fused_copy
+
+        stages["distilled_fused"] = (recipe.distill[0].model_dump(), [fused_copy(teacher)])
+    except ImportError:
+        pass
     built, seconds = {}, {label: [] for label in stages}
     with tempfile.TemporaryDirectory() as tmp:
         for label, (cfg, teachers) in stages.items():
@@ -276,7 +282,7 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
             built[label].build()
             built[label].model = built[label].distiller
             built[label].run_epoch(0)  # warm-up
-        for _ in range(rounds):  # interleaved: alone, distilled, alone, distilled ...
+        for _ in range(rounds):  # interleaved: alone, distilled, distilled_fused, alone, ...
             for label, stage in built.items():
                 t0 = time.perf_counter()
                 stage.run_epoch(0)
@@ -288,7 +294,10 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
     return {"workload": "bccd_yolo", "variant": "step_factor_before" if before else "step_factor",
             "image_size": image_size, "src": SRC,
             "alone_s_per_step": round(seconds["alone"], 3), "distilled_s_per_step": round(seconds["distilled"], 3),
-            "factor": round(seconds["distilled"] / seconds["alone"], 2)}
+            "factor": round(seconds["distilled"] / seconds["alone"], 2),
+            **({"fused_s_per_step": round(seconds["distilled_fused"], 3),
+                "factor_fused": round(seconds["distilled_fused"] / seconds["alone"], 2)}
+               if "distilled_fused" in seconds else {})}
 
 
 def main() -> None:
@@ -325,6 +334,9 @@ def table(rows: list[dict]) -> str:
         if r["variant"].startswith("step_factor"):
             lines.append(f"| {r['workload']} | distilled/alone step | {r['factor']}x | | | "
                          f"{r['distilled_s_per_step']} s vs {r['alone_s_per_step']} s at {r['image_size']} px |")
+            if "factor_fused" in r:
+                lines.append(f"| {r['workload']} | distilled/alone step, fuse_teacher_bn | {r['factor_fused']}x | | | "
+                             f"{r['fused_s_per_step']} s |")
             continue
         note = r.get("skipped", "") or (f"{r['bytes_per_sample']:g} B/sample" if "bytes_per_sample" in r else "")
         lines.append(f"| {r['workload']} | {r['variant']} | {r.get('images_per_s', '-')} | "

@@ -174,6 +174,8 @@ class SpeedConfig(Strict):
     autocast: Literal["off", "bf16", "fp16"] = Field(
         "off", description="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA, with a gradient scaler)")
     compile: bool = Field(False, description="torch.compile the student (taps on the student disable it)")
+    fuse_teacher_bn: bool = Field(False, description="fold the teachers' BatchNorms into the convolutions before "
+                                  "them (same outputs up to float rounding; engine/fuse.py)")
 
 
 class Recipe(Strict):

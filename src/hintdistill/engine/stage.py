@@ -31,6 +31,7 @@ from ..errors import ConfigError, Interrupted
 from ..finite import NonFiniteError
 from . import nonfinite
 from .cache import TeacherCache, cache_refusal, open_teacher_cache
+from .fuse import fused_copy
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
 from .ema import WeightAverage
@@ -87,6 +88,8 @@ class PhaseTrainer:
                 self.say(f"[{self.phase.name}] finished earlier: loaded {self.ckpt_path}")
                 return dict(self.state["results"])
         teachers = [t.to(self.device) for t in self.phase.teachers]
+        if self.speed.fuse_teacher_bn:
+            teachers = [fused_copy(t) for t in teachers]
         self.metrics_log = MetricsLog(self.folder, enabled=self.d.main)
         self.metrics_log.trim(self.finished_epochs())  # issue 12: no epoch logged twice after a kill
         first_epoch = 0
@@ -165,8 +168,15 @@ class Stage:
             self.ema = WeightAverage(self.student, cfg.ema)
 
     def apply_speed_options(self) -> None:
-        """channels_last and torch.compile, where the recipe's speed block asks for them."""
+        """channels_last and torch.compile, where the recipe's speed block asks for them (and the teachers' fused
+        convolutions are not tapped)."""
         speed = self.trainer.speed
+        for teacher, taps in zip(self.distiller.teachers, self.distiller.teacher_taps, strict=True):
+            folded = sorted(set(getattr(teacher, "fused_convs", [])) & set(taps.names))
+            if folded:
+                raise ConfigError(f"speed.fuse_teacher_bn folds the batch norm into {', '.join(folded)}, which a "
+                                  f"term taps on the teacher: it would read the normalised output. Tap the batch "
+                                  f"norm (or the block) instead, or set fuse_teacher_bn: false.")
         if speed.autocast == "fp16" and self.trainer.device.type != "cuda":
             raise ConfigError("speed.autocast: fp16 needs a CUDA device; on a CPU use bf16 (or off)")
         if speed.channels_last:

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from test_stage import tiny_data
+from test_teacher_cache import KD
 
 from hintdistill.config import SpeedConfig, StageConfig
 from hintdistill.engine.distributed import Dist
@@ -13,7 +14,6 @@ from hintdistill.engine.loop import Phase
 from hintdistill.engine.stage import PhaseTrainer
 from hintdistill.errors import ConfigError
 from hintdistill.models import build_model
-from test_teacher_cache import KD
 
 
 def batch_norms(model):

@@ -31,10 +31,10 @@ from ..errors import ConfigError, Interrupted
 from ..finite import NonFiniteError
 from . import nonfinite
 from .cache import TeacherCache, cache_refusal, open_teacher_cache
-from .fuse import fused_copy
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
 from .ema import WeightAverage
+from .fuse import fused_copy
 from .interrupt import LoaderStopped, batches, stop_requested
 from .logging import MetricsLog
 from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device

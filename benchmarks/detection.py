@@ -283,6 +283,24 @@ def markdown(results: list[dict]) -> str:
                         for ds in datasets)
 
 
+# Student's t, 95% one-sided (a two-sided 90% interval), by degrees of freedom
+T_90 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812}
+
+
+def paired(row: dict, baseline: dict) -> str:
+    """The per-seed differences against the same seed's baseline (same initial weights and batches): how many
+    seeds gain, their mean and a 90% t-interval of the mean difference (seeds as independent draws)."""
+    base = dict(zip(baseline.get("seeds", []), baseline.get("map50_per_seed", []), strict=False))
+    diffs = [100 * (v - base[k]) for k, v in zip(row.get("seeds", []), row.get("map50_per_seed", []), strict=False)
+             if k in base]
+    if len(diffs) < 2:
+        return ""
+    mean, half = statistics.mean(diffs), T_90.get(len(diffs) - 1, 1.645) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return (f" Paired by seed: {' / '.join(f'{d:+.1f}' for d in diffs)} points, better on "
+            f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds, mean {mean:+.1f} (90% interval {mean - half:+.1f} "
+            f"to {mean + half:+.1f}).")
+
+
 def dataset_markdown(results: list[dict]) -> str:
     lines = ["| row | params | GFLOPs | mAP@0.5 | per seed | seed 0: 90% bootstrap | mAP@[.5:.95] | seeds | epochs | "
              "input | CPU ms/img | train wall |",
@@ -307,7 +325,7 @@ def dataset_markdown(results: list[dict]) -> str:
         if t and b and s and t["map50_mean"] != b["map50_mean"]:
             closed = (s["map50_mean"] - b["map50_mean"]) / (t["map50_mean"] - b["map50_mean"])
             lines.append(f"\n{row}: {100 * (s['map50_mean'] - b['map50_mean']):+.1f} mAP@0.5 points over the "
-                         f"baseline, {100 * closed:.0f}% of the baseline-to-teacher gap.")
+                         f"baseline, {100 * closed:.0f}% of the baseline-to-teacher gap.{paired(s, b)}")
     for without, with_ in (("cls", "cls_w"), ("l2", "l2_b"), ("hints", "hints_a")):
         x, y = by.get(f"ablation/{without}"), by.get(f"ablation/{with_}")
         if x and y:

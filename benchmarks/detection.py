@@ -45,14 +45,25 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-import yaml
+# The float rounding of a convolution depends on the instruction set its kernel uses, and over 30 epochs on 130
+# images a last-bit difference grows into a different run: the raccoon baseline, seed 0, scores 0.465 with AVX2
+# kernels and 0.516 with AVX-512 ones, same code and seed (benchmarks/RESULTS.md). So the runs pin PyTorch's and
+# oneDNN's CPU kernels to AVX2, which every x86-64 machine of this kind has, and repeat on any of them;
+# ``--isa native`` lets each library choose (faster where AVX-512 exists, not comparable across machines).
+# Set before torch loads, which reads them once.
+if "--isa" not in sys.argv or sys.argv[sys.argv.index("--isa") + 1:][:1] != ["native"]:
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from hintdistill.build import build_data
 from hintdistill.config import load_recipe, recipe_from_dict
@@ -260,6 +271,7 @@ def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> 
         "seeds": [r.get("seed", 0) for r in runs], "map50_per_seed": m50, "epochs": epochs, "input_size": size,
         **({"map50_boot90_seed0": runs[0]["map50_boot90"]} if "map50_boot90" in runs[0] else {}),
         "wall_s": statistics.mean(r["train_s"] for r in runs),
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # what the runs' float rounding depends on
         **({"darknet_bflops": runs[0]["darknet_bflops"]} if "darknet_bflops" in runs[0] else {}),
     }
 
@@ -394,6 +406,8 @@ def main() -> int:
                         "jobs shared the 2 cores)")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/detection.json"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/runs/detection"))
+    p.add_argument("--isa", choices=["avx2", "native"], default="avx2",
+                   help="CPU kernels: avx2 (default; runs repeat on every x86-64 machine of this kind) or native")
     p.add_argument("--table-only", action="store_true", help="print the table of --results and exit (no training)")
     a = p.parse_args()
     dest = Path(a.results)
@@ -414,7 +428,8 @@ def main() -> int:
     results = json.loads(dest.read_text()) if a.merge and dest.is_file() else []
     for dataset in a.datasets:
         results = run_dataset(a, dataset, results, write)
-    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+    print(f"\nmachine: {platform.machine()}, {torch.backends.cpu.get_cpu_capability()} kernels, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"total {(time.time() - t0) / 60:.1f} min; command: python {' '.join(sys.argv)}\n")
     print(markdown(json.loads(dest.read_text())))
     return 0

@@ -276,6 +276,31 @@ def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> 
     }
 
 
+def pooled(recorded: dict | None, new: dict, first_seed: int) -> dict:
+    """``new`` (seeds >= first_seed) pooled with the seeds below first_seed of the ``recorded`` row: the per-seed
+    mAP@0.5 lists joined, means weighted by seed count, the mAP@[.5:.95] std from the two groups' means and stds
+    (exact); teacher rows and rows without earlier seeds come back as they are."""
+    if not recorded or new["name"] == "teacher" or "seeds" not in recorded:
+        return new
+    if recorded.get("pooled_from") and set(recorded["seeds"]) - set(range(first_seed)):
+        recorded = recorded["pooled_from"]  # rewritten after every run: pool with the recorded part only
+    old = [s for s in recorded["seeds"] if s < first_seed]
+    if old != recorded["seeds"]:
+        raise SystemExit(f"--first-seed {first_seed}: the recorded {new['name']} row has seeds {recorded['seeds']}; "
+                         f"pooling needs every recorded seed below {first_seed}")
+    n1, n2 = len(old), len(new["seeds"])
+    mean = lambda key: (n1 * recorded[key] + n2 * new[key]) / (n1 + n2)  # noqa: E731
+    m50 = recorded["map50_per_seed"] + new["map50_per_seed"]
+    ss = sum((n - 1) * e["map_std"] ** 2 + n * (e["map_mean"] - mean("map_mean")) ** 2
+             for n, e in ((n1, recorded), (n2, new)))
+    return {**new, "seeds": old + new["seeds"], "map50_per_seed": m50, "map50_mean": statistics.mean(m50),
+            "map50_std": statistics.stdev(m50), "map_mean": mean("map_mean"), "map_std": (ss / (n1 + n2 - 1)) ** 0.5,
+            "ap50_per_class_mean": {c: (n1 * recorded["ap50_per_class_mean"][c] + n2 * v) / (n1 + n2)
+                                    for c, v in new["ap50_per_class_mean"].items()},
+            "map50_boot90_seed0": recorded.get("map50_boot90_seed0"), "wall_s": mean("wall_s"),
+            "pooled_from": {k: v for k, v in recorded.items() if k != "pooled_from"}}
+
+
 def in_order(results: list[dict]) -> list[dict]:
     """By data set, then teacher rows first and the student rows in ROWS order, whichever invocation wrote them."""
     order = ["teacher", "hint_teacher", "darknet_teacher", *STUDENT_ROWS]
@@ -368,7 +393,7 @@ def run_dataset(a: argparse.Namespace, dataset: str, results: list[dict], write)
     runs: dict[str, list[dict]] = {}
     current = others + teachers
     write(current, {(dataset, n) for n in produced})
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.seeds):
         for row in students:
             if row.startswith("ablation/") and seed >= ablation_seeds:
                 continue
@@ -384,6 +409,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--seeds", type=int, default=3, help="student seeds 0..N-1 (default 3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds K..N-1 only; with --merge a row's recorded seeds below K are kept and pooled "
+                        "with the new ones (more seeds for a recorded table without rerunning it)")
     p.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply the recipe's epochs")
     p.add_argument("--teacher-epochs", type=int, default=None, help="override (after --epochs-scale)")
@@ -423,6 +451,9 @@ def main() -> int:
         kept = [e for e in json.loads(dest.read_text()) if (e.get("dataset", "bccd"), e["name"]) not in produced] \
             if a.merge and dest.is_file() else []
         mine = [e for e in rows if (e.get("dataset", "bccd"), e["name"]) in produced]
+        if a.merge and a.first_seed and dest.is_file():  # pool with the recorded seeds below --first-seed
+            recorded = {(e.get("dataset", "bccd"), e["name"]): e for e in json.loads(dest.read_text())}
+            mine = [pooled(recorded.get((e.get("dataset", "bccd"), e["name"])), e, a.first_seed) for e in mine]
         dest.write_text(json.dumps(in_order(kept + mine), indent=2) + "\n")
 
     results = json.loads(dest.read_text()) if a.merge and dest.is_file() else []

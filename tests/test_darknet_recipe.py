@@ -92,14 +92,3 @@ def test_benchmark_darknet_rows_are_valid_recipes_on_yolo_txt_data(tmp_path):
     # the other rows keep their VOC data and models
     assert bench.student_tree("chen_kd", 0)["data"]["name"] == "voc"
 
-
-def test_benchmark_pairs_a_row_with_its_baseline_seed_by_seed():
-    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks/detection.py")
-    bench_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_mod)
-    base = {"seeds": [0, 1, 2], "map50_per_seed": [0.653, 0.595, 0.652]}
-    row = {"seeds": [0, 1, 2], "map50_per_seed": [0.688, 0.679, 0.714]}  # BCCD objectness_kd
-    # +3.5 / +8.4 / +6.2: mean 6.03, std 2.45, t(2) 2.920 -> half-width 4.13
-    assert bench_mod.paired(row, base) == (" Paired by seed: +3.5 / +8.4 / +6.2 points, better on 3 of 3 seeds, "
-                                           "mean +6.0 (90% interval +1.9 to +10.2).")
-    assert bench_mod.paired({"seeds": [0], "map50_per_seed": [0.7]}, base) == ""  # one seed: no interval

@@ -1,0 +1,47 @@
+"""The detection benchmark's bookkeeping: rows paired with their baseline by seed, new seeds pooled with a
+recorded row (benchmarks/detection.py; its runs themselves are measured, not tested)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_module():
+    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks/detection.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_pairs_a_row_with_its_baseline_seed_by_seed():
+    bench_mod = bench_module()
+    base = {"seeds": [0, 1, 2], "map50_per_seed": [0.653, 0.595, 0.652]}
+    row = {"seeds": [0, 1, 2], "map50_per_seed": [0.688, 0.679, 0.714]}  # BCCD objectness_kd
+    # +3.5 / +8.4 / +6.2: mean 6.03, std 2.45, t(2) 2.920 -> half-width 4.13
+    assert bench_mod.paired(row, base) == (" Paired by seed: +3.5 / +8.4 / +6.2 points, better on 3 of 3 seeds, "
+                                           "mean +6.0 (90% interval +1.9 to +10.2).")
+    assert bench_mod.paired({"seeds": [0], "map50_per_seed": [0.7]}, base) == ""  # one seed: no interval
+
+
+def test_benchmark_pools_new_seeds_with_a_recorded_row():
+    bench_mod = bench_module()
+    maps = [0.20, 0.25, 0.30, 0.22, 0.28]  # mAP@[.5:.95] of five seeds
+    old = {"name": "baseline", "seeds": [0, 1, 2], "map50_per_seed": [0.4, 0.5, 0.6], "map50_mean": 0.5,
+           "map_mean": 0.25, "map_std": 0.05, "ap50_per_class_mean": {"a": 0.5}, "wall_s": 60.0,
+           "map50_boot90_seed0": [0.3, 0.7]}
+    new = {"name": "baseline", "seeds": [3, 4], "map50_per_seed": [0.45, 0.55], "map50_mean": 0.5,
+           "map_mean": 0.25, "map_std": 0.0424264, "ap50_per_class_mean": {"a": 0.6}, "wall_s": 120.0}
+    got = bench_mod.pooled(old, new, 3)
+    assert got["seeds"] == [0, 1, 2, 3, 4] and got["map50_per_seed"] == [0.4, 0.5, 0.6, 0.45, 0.55]
+    assert got["map_std"] == pytest.approx(torch.tensor(maps).std().item(), abs=1e-6)  # as if from the 5 values
+    assert got["ap50_per_class_mean"]["a"] == pytest.approx(0.54) and got["wall_s"] == pytest.approx(84.0)
+    assert got["map50_boot90_seed0"] == [0.3, 0.7]
+    # written again after the next run: pooled with the recorded seeds, not with itself
+    newer = {**new, "seeds": [3, 4, 5], "map50_per_seed": [0.45, 0.55, 0.5]}
+    assert bench_mod.pooled(got, newer, 3)["seeds"] == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(SystemExit, match="pooling needs every recorded seed below 2"):
+        bench_mod.pooled(old, new, 2)

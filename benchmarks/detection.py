@@ -301,6 +301,21 @@ def pooled(recorded: dict | None, new: dict, first_seed: int) -> dict:
             "pooled_from": {k: v for k, v in recorded.items() if k != "pooled_from"}}
 
 
+def merged(recorded: list[dict], rows: list[dict], produced: set, first_seed: int = 0) -> list[dict]:
+    """What the results file holds after a write: the recorded rows this invocation does not produce, and its own
+    rows (``produced``: (dataset, name) pairs); with ``first_seed`` its rows pooled with the recorded seeds below
+    it, and a recorded row that has no new seed yet kept as it is."""
+    key = lambda e: (e.get("dataset", "bccd"), e["name"])  # noqa: E731
+    kept = [e for e in recorded if key(e) not in produced]
+    mine = [e for e in rows if key(e) in produced]
+    if first_seed:
+        by_key = {key(e): e for e in recorded}
+        mine = [pooled(by_key.get(key(e)), e, first_seed) for e in mine]
+        have = {key(e) for e in mine}
+        kept += [e for e in recorded if key(e) in produced and key(e) not in have]
+    return in_order(kept + mine)
+
+
 def in_order(results: list[dict]) -> list[dict]:
     """By data set, then teacher rows first and the student rows in ROWS order, whichever invocation wrote them."""
     order = ["teacher", "hint_teacher", "darknet_teacher", *STUDENT_ROWS]
@@ -448,13 +463,8 @@ def main() -> int:
 
     def write(rows: list[dict], produced: set) -> None:
         # --merge: keep the rows another invocation wrote (read again at every write: two may run side by side)
-        kept = [e for e in json.loads(dest.read_text()) if (e.get("dataset", "bccd"), e["name"]) not in produced] \
-            if a.merge and dest.is_file() else []
-        mine = [e for e in rows if (e.get("dataset", "bccd"), e["name"]) in produced]
-        if a.merge and a.first_seed and dest.is_file():  # pool with the recorded seeds below --first-seed
-            recorded = {(e.get("dataset", "bccd"), e["name"]): e for e in json.loads(dest.read_text())}
-            mine = [pooled(recorded.get((e.get("dataset", "bccd"), e["name"])), e, a.first_seed) for e in mine]
-        dest.write_text(json.dumps(in_order(kept + mine), indent=2) + "\n")
+        recorded = json.loads(dest.read_text()) if a.merge and dest.is_file() else []
+        dest.write_text(json.dumps(merged(recorded, rows, produced, a.first_seed), indent=2) + "\n")
 
     results = json.loads(dest.read_text()) if a.merge and dest.is_file() else []
     for dataset in a.datasets:

@@ -45,3 +45,24 @@ def test_benchmark_pools_new_seeds_with_a_recorded_row():
     assert bench_mod.pooled(got, newer, 3)["seeds"] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(SystemExit, match="pooling needs every recorded seed below 2"):
         bench_mod.pooled(old, new, 2)
+
+
+def test_a_results_write_keeps_other_rows_and_the_recorded_seeds():
+    bench_mod = bench_module()
+    row = lambda name, seeds, ds="raccoon": {"dataset": ds, "name": name, "seeds": seeds,  # noqa: E731
+                                            "map50_per_seed": [0.5] * len(seeds), "map50_mean": 0.5, "map_mean": 0.2,
+                                            "map_std": 0.0, "ap50_per_class_mean": {"a": 0.5}, "wall_s": 1.0}
+    recorded = [row("teacher", [0]), row("baseline", [0, 1, 2]), row("chen_kd", [0, 1, 2]),
+                row("baseline", [0, 1, 2], "bccd")]
+    produced = {("raccoon", "teacher"), ("raccoon", "baseline"), ("raccoon", "chen_kd")}
+    # the first write holds only the teacher: the recorded student rows stay (they are pooled later)
+    first = bench_mod.merged(recorded, [row("teacher", [0])], produced, first_seed=3)
+    assert [(e["dataset"], e["name"], e["seeds"]) for e in first] == [
+        ("bccd", "baseline", [0, 1, 2]), ("raccoon", "teacher", [0]), ("raccoon", "baseline", [0, 1, 2]),
+        ("raccoon", "chen_kd", [0, 1, 2])]
+    second = bench_mod.merged(first, [row("teacher", [0]), row("baseline", [3])], produced, first_seed=3)
+    assert {e["name"]: e["seeds"] for e in second if e["dataset"] == "raccoon"} == {
+        "teacher": [0], "baseline": [0, 1, 2, 3], "chen_kd": [0, 1, 2]}
+    # without --first-seed a produced row replaces the recorded one
+    plain = bench_mod.merged(recorded, [row("teacher", [0]), row("baseline", [0])], produced)
+    assert {e["name"]: e["seeds"] for e in plain if e["dataset"] == "raccoon"} == {"teacher": [0], "baseline": [0]}

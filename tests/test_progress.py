@@ -44,3 +44,13 @@ def test_the_warm_up_epochs_do_not_count_for_the_loss_rule():
     flat = LearningWatch("t", 60, 0.04, warmup=3)
     said = [flat.update(v, None) for v in [0.5, 0.6, 0.6, 0.40, 0.40, 0.40, 0.40, 0.40, 0.40]]
     assert said[-1] is not None and said[:-1] == [None] * 8
+
+
+def test_a_flat_loss_in_the_second_half_is_convergence():
+    # a 30-epoch raccoon student: falling steadily, then flat over its last cosine epochs (0.1501 -> 0.1474)
+    losses = [0.30 - 0.006 * e for e in range(24)] + [0.1501, 0.149, 0.148, 0.1474, 0.148, 0.148]
+    watch = LearningWatch("distilled/distill", epochs=30, lr=0.04, warmup=3)
+    assert [watch.update(v, None) for v in losses] == [None] * 30
+    # the same losses in the first half of a longer stage are a stall, and said
+    early = LearningWatch("distilled/distill", epochs=100, lr=0.04, warmup=3)
+    assert [early.update(v, None) for v in losses][-1] is not None

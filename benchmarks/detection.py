@@ -57,8 +57,9 @@ from pathlib import Path
 # kernels and 0.516 with AVX-512 ones, same code and seed (benchmarks/RESULTS.md). So the runs pin PyTorch's and
 # oneDNN's CPU kernels to AVX2, which every x86-64 machine of this kind has, and repeat on any of them;
 # ``--isa native`` lets each library choose (faster where AVX-512 exists, not comparable across machines).
-# Set before torch loads, which reads them once.
-if "--isa" not in sys.argv or sys.argv[sys.argv.index("--isa") + 1:][:1] != ["native"]:
+# Set before torch loads, which reads them once; only when run as the benchmark, so that importing this module (the
+# tests do) changes nothing for the importing process and the processes it starts.
+if __name__ == "__main__" and not any(opt in " ".join(sys.argv) for opt in ("--isa native", "--isa=native")):
     os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
     os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 

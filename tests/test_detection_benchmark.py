@@ -2,6 +2,7 @@
 recorded row (benchmarks/detection.py; its runs themselves are measured, not tested)."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,11 @@ def test_a_results_write_keeps_other_rows_and_the_recorded_seeds():
     # without --first-seed a produced row replaces the recorded one
     plain = bench_mod.merged(recorded, [row("teacher", [0]), row("baseline", [0])], produced)
     assert {e["name"]: e["seeds"] for e in plain if e["dataset"] == "raccoon"} == {"teacher": [0], "baseline": [0]}
+
+
+def test_importing_the_benchmark_leaves_the_cpu_kernels_alone(monkeypatch):
+    # the AVX2 pin is for the benchmark's own process; set by an import, it reached the runs test_kill starts
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    bench_module()
+    assert "ATEN_CPU_CAPABILITY" not in os.environ and "ONEDNN_MAX_CPU_ISA" not in os.environ

@@ -2,11 +2,12 @@
 
 Two signs, each reported once per stage: the training loss has not fallen by ``min_drop`` (2 %) over
 ``patience`` (5) epochs, or a detector's test mAP@0.5 is still under ``near_zero`` (0.01) a third of the way
-through (and after at least ``patience`` epochs). The loss rule looks at the first half of the stage only (later, a flat loss is a run converging: a
-30-epoch raccoon student's loss fell by under 2% over its last 5 cosine epochs), and ignores the warm-up's epochs: the
-loss often rises while the rate ramps up (a YOLO teacher with mosaic: 0.386 in epoch 1, 0.38-0.42 through
-epoch 6, then learning normally). Seen on the raccoon set: at BCCD's learning rate (0.01)
-the loss stayed flat (0.37 -> 0.39) for 20 epochs and mAP@0.5 ended at 0.035; at 0.04 the same model learned.
+through (and after at least ``patience`` epochs). The loss rule looks at the first half of the stage only
+(later, a flat loss is a run converging: a 30-epoch raccoon student's loss fell by under 2% over its last 5
+cosine epochs) and ignores the warm-up's epochs, where the loss often rises as the rate ramps up (a YOLO
+teacher with mosaic: 0.386 in epoch 1, 0.38-0.42 through epoch 6, then learning normally). Seen on the raccoon
+set: at BCCD's learning rate (0.01) the loss stayed flat (0.37 -> 0.39) for 20 epochs and mAP@0.5 ended at
+0.035; at 0.04 the same model learned.
 """
 
 from __future__ import annotations

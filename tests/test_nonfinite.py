@@ -87,7 +87,7 @@ def test_warn_returns_the_losses_and_ignore_is_silent(small_cnn, batch):
 
 def test_non_finite_gradients_of_a_finite_loss_are_found():
     w = torch.nn.Parameter(torch.zeros(3))
-    stage = types.SimpleNamespace(distiller=types.SimpleNamespace(trainable_parameters=lambda: [w]))
+    stage = types.SimpleNamespace(trainable=[w])  # the Stage's trainable parameters, listed once at build
     guard = NonFiniteGuard(stage)
     w.sum().sqrt().backward()  # sqrt(0) = 0 is finite, its gradient 1 / (2 sqrt(0)) is not
     failure = guard.gradients(None, amp=False)

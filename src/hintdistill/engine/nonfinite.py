@@ -35,7 +35,7 @@ class NonFiniteGuard:
         if amp:
             return None
         if norm is None:
-            grads = [p.grad for p in self.stage.distiller.trainable_parameters() if p.grad is not None]
+            grads = [p.grad for p in self.stage.trainable if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         if bool(torch.isfinite(norm)):
             return None

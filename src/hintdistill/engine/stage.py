@@ -158,7 +158,9 @@ class Stage:
                                    example_inputs=example)
         self.distiller.to(device)
         set_trainable(self.student, cfg, self.distiller, example)
-        self.optimizer = make_optimizer(cfg, self.distiller.trainable_parameters())
+        # what the optimizer steps, listed once: walking the modules for it every step cost 0.5 ms (RESULTS.md)
+        self.trainable = list(self.distiller.trainable_parameters())
+        self.optimizer = make_optimizer(cfg, self.trainable)
         self.scheduler = make_scheduler(cfg, self.optimizer, len(self.loader))
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.use_amp)
         self.cache = self.open_cache(example)
@@ -345,7 +347,7 @@ class Stage:
         norm = None
         if self.cfg.grad_clip_norm:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), self.cfg.grad_clip_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip_norm)
         failure = self.guard.gradients(norm, self.scaler.is_enabled())
         if failure is not None:
             return self.guard.skip(epoch, step, failure)

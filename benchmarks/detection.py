@@ -108,6 +108,9 @@ STUDENT_ROWS.update({
     "darknet_teacher_kd": ("darknet_teacher", [CHEN]),
 })
 STUDENT_MODELS = {"darknet_student": DARKNET_STUDENT, "darknet_student_kd": DARKNET_STUDENT}
+# A Darknet model (exp box decoding) trains with recipes/darknet_distill.yaml's optimizer and gradient clipping,
+# whichever side it is on; the yolo n student of darknet_teacher_kd keeps the common stage, as chen_kd's does.
+DARKNET_STAGE = ("optimizer", "grad_clip_norm")
 TEACHER_MODELS = {"hint_teacher": {"name": "yolo", "args": HINT_TEACHER_ARGS}, "darknet_teacher": DARKNET_TEACHER}
 YOLO_TXT_ROWS = {"darknet_student", "darknet_student_kd", "darknet_teacher_kd", "darknet_teacher"}
 BCCD_ONLY = YOLO_TXT_ROWS
@@ -127,8 +130,12 @@ def run(tree: dict) -> dict:
     if (folder / "summary.json").is_file() and (folder / "recipe.yaml").is_file() \
             and (folder / "recipe.yaml").read_text() == same:
         print(f"finished earlier: {folder}", flush=True)
-        return json.loads((folder / "summary.json").read_text())
-    return run_recipe(recipe)
+        summary = json.loads((folder / "summary.json").read_text())
+    else:
+        summary = run_recipe(recipe)
+    # each row says which CPU kernels its run used (runs older than that record: this process's, as before)
+    kernels = summary.get("cpu_kernels", torch.backends.cpu.get_cpu_capability())
+    return {**summary, "rows": [{**r, "cpu_kernels": kernels} for r in summary["rows"]]}
 
 
 def with_per_class(row: dict, folder: Path, phase: str) -> dict:
@@ -215,6 +222,8 @@ class Bench:
         tree["teacher"]["train"] = self.with_epochs(tree["teacher"]["train"], self.teacher_epochs)
         if which in TEACHER_MODELS:
             tree["teacher"].update(copy.deepcopy(TEACHER_MODELS[which]))
+        if tree["teacher"]["name"] == "darknet":
+            tree["teacher"]["train"].update(darknet_stage(lambda r: r["teacher"]["train"]))
         # the schema needs a distill stage: 0 epochs trains no student
         tree["distill"] = [{"name": "none", "epochs": 0, "terms": [DET]}]
         return self.with_data(tree, which)
@@ -242,6 +251,8 @@ class Bench:
             tree["student"] = copy.deepcopy(STUDENT_MODELS[row])
         stage = self.with_epochs(self.base["distill"][0], self.student_epochs)
         stage.update(name="train" if STUDENT_ROWS[row][1] == [DET] else "distill", terms=copy.deepcopy(terms))
+        if tree["student"]["name"] == "darknet":
+            stage.update(darknet_stage(lambda r: r["distill"][0]))
         tree["distill"] = [stage]
         return self.with_data(tree, row)
 
@@ -260,6 +271,12 @@ class Bench:
         return {**row, "seed": seed}
 
 
+def darknet_stage(section) -> dict:
+    """The DARKNET_STAGE settings of one stage of recipes/darknet_distill.yaml (``section`` picks the stage)."""
+    recipe = yaml.safe_load((ROOT / "recipes/darknet_distill.yaml").read_text())
+    return {k: copy.deepcopy(section(recipe)[k]) for k in DARKNET_STAGE}
+
+
 def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> dict:
     m50, m = [r["map50"] for r in runs], [r["map"] for r in runs]
     return {
@@ -272,7 +289,7 @@ def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> 
         "seeds": [r.get("seed", 0) for r in runs], "map50_per_seed": m50, "epochs": epochs, "input_size": size,
         **({"map50_boot90_seed0": runs[0]["map50_boot90"]} if "map50_boot90" in runs[0] else {}),
         "wall_s": statistics.mean(r["train_s"] for r in runs),
-        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # what the runs' float rounding depends on
+        "cpu_kernels": ", ".join(sorted({r["cpu_kernels"] for r in runs})),  # what the float rounding depends on
         **({"darknet_bflops": runs[0]["darknet_bflops"]} if "darknet_bflops" in runs[0] else {}),
     }
 

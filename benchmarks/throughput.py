@@ -306,10 +306,15 @@ def main() -> None:
     p.add_argument("--workloads", nargs="+", default=["fmnist_cnn", "cifar_resnet", "bccd_yolo"])
     p.add_argument("--src", default=SRC, help="the hintdistill sources to measure (default: this checkout's)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/throughput.json"))
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timed rounds per variant (default 5; 3 with --short): more rounds, a steadier median")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per timed round (default 8; 6/3 with --short): longer rounds, less timer noise")
     a = p.parse_args()
     torch.set_num_threads(1)
     sizes = {"fmnist_cnn": (64, 6, 3), "cifar_resnet": (32, 3, 3)} if a.short else \
         {"fmnist_cnn": (128, 8, 5), "cifar_resnet": (128, 8, 5)}
+    sizes = {k: (batch, a.steps or steps, a.rounds or rounds) for k, (batch, steps, rounds) in sizes.items()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.workloads:

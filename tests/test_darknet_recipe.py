@@ -89,6 +89,12 @@ def test_benchmark_darknet_rows_are_valid_recipes_on_yolo_txt_data(tmp_path):
                       "darknet_teacher_kd": ("darknet", "yolo", ["chen_kd"])}
     assert trees["darknet_teacher_kd"]["teacher"]["checkpoint"] == str(tmp_path / "bccd" / bench.out.name /
                                                                         "darknet_teacher/teacher/model.pt")
+    # a Darknet model trains with the Darknet recipe's optimizer and clipping; the yolo n student keeps the common stage
+    lr = lambda stage: (stage["optimizer"]["lr"], stage.get("grad_clip_norm"))  # noqa: E731
+    assert lr(trees["darknet_teacher"]["teacher"]["train"]) == (0.01, 10.0)
+    assert lr(trees["darknet_student"]["distill"][0]) == lr(trees["darknet_student_kd"]["distill"][0]) == (0.01, 10.0)
+    assert lr(trees["darknet_teacher_kd"]["distill"][0]) == lr(bench.student_tree("chen_kd", 0)["distill"][0]) == \
+        (0.04, None)
     # the other rows keep their VOC data and models
     assert bench.student_tree("chen_kd", 0)["data"]["name"] == "voc"
 

@@ -75,3 +75,28 @@ def test_importing_the_benchmark_leaves_the_cpu_kernels_alone(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     bench_module()
     assert "ATEN_CPU_CAPABILITY" not in os.environ and "ONEDNN_MAX_CPU_ISA" not in os.environ
+
+
+def test_a_finished_run_reports_the_cpu_kernels_it_ran_with(tmp_path):
+    # a row's cpu_kernels is its own run's (summary.json), not the kernels of the process that reads it later
+    import argparse
+    import json
+
+    import yaml
+
+    from hintdistill.config import recipe_from_dict
+
+    bench_mod = bench_module()
+    args = argparse.Namespace(teacher_size=None, input_size=192, workers=None, batch_size=None, eval_every=None,
+                              train_subset=None, test_subset=None, epochs_scale=1.0, teacher_epochs=None,
+                              student_epochs=None, out=str(tmp_path))
+    tree = bench_mod.Bench(args, "raccoon").student_tree("baseline", 0)
+    recipe = recipe_from_dict(tree)
+    folder = recipe.run_dir()
+    folder.mkdir(parents=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    row = {"model": "distilled", "map50": 0.5}
+    for recorded, expected in (("AVX512", "AVX512"), (None, torch.backends.cpu.get_cpu_capability())):
+        summary = {"rows": [row], **({"cpu_kernels": recorded} if recorded else {})}
+        (folder / "summary.json").write_text(json.dumps(summary))
+        assert bench_mod.run(tree)["rows"] == [{**row, "cpu_kernels": expected}]

@@ -75,7 +75,9 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         ship_darknet(student, run_dir, log)
     rows.append(summary_row("distilled", student, student_spec, result, data, recipe))
 
-    summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device), "rows": rows}
+    # the CPU kernels (AVX2, AVX512, ...) decide the float rounding, so which numbers a rerun repeats
+    summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device),
+               "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "rows": rows}
     if d.main:
         report.write_summary(summary, run_dir, data.kind, dropped_note(data.test_loader))  # issue 12
         log("\n" + report.markdown_table(rows, data.kind))

@@ -95,3 +95,18 @@ def test_non_finite_gradients_of_a_finite_loss_are_found():
     assert guard.gradients(None, amp=True) is None  # under AMP the GradScaler skips such steps itself
     w.grad = torch.ones(3)
     assert guard.gradients(None, amp=False) is None
+
+
+def test_input_check_finds_every_kind_of_bad_value_and_passes_huge_finite_ones():
+    # the check sums first (fast) and looks element by element only when the sum is not finite
+    from hintdistill.finite import nonfinite_part
+
+    big = torch.full((4, 8), 3e38)  # every value finite, their sum overflows to inf
+    assert nonfinite_part([big, {"x": torch.zeros(3)}]) is None
+    for bad, word in ((float("nan"), "1 NaN value"), (float("inf"), "1 infinite value"), (-float("inf"), "1 infinite")):
+        x = torch.zeros(2, 5)
+        x[1, 3] = bad
+        assert nonfinite_part({"a": torch.ones(2), "b": (x,)}).startswith(word)
+    x = torch.tensor([float("inf"), -float("inf")])  # opposite infinities sum to NaN: still found
+    assert nonfinite_part(x) == "2 infinite values (of 2 in a [2] tensor)"
+    assert nonfinite_part(torch.tensor([1, 2])) is None  # integer tensors are not checked

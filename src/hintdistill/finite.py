@@ -35,6 +35,10 @@ def tensors(value: Any):
 def nonfinite_part(value: Any) -> str | None:
     """None if every float tensor in ``value`` is finite, else what is wrong, e.g. "3 NaN values (of 1568)"."""
     for t in tensors(value):
+        # fast path: a finite sum means every element is finite (one reduction, ~10x cheaper than isfinite().all()
+        # on a CPU batch); a non-finite sum (a NaN, an inf, or an overflow of huge finite values) is checked exactly
+        if bool(torch.isfinite(t.sum())):
+            continue
         if not bool(torch.isfinite(t).all()):
             nans, infs = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             kinds = [f"{n} {k}" for n, k in ((nans, "NaN"), (infs, "infinite")) if n]

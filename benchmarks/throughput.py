@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -226,14 +227,18 @@ def make_variants(wl: Workload, folder: Path) -> tuple[dict, dict]:
 
 
 def measure(wl: Workload, rounds: int, folder: Path) -> list[dict]:
-    """Warm-up epoch per variant, then ``rounds`` interleaved timed epochs; median images/s, peak RSS."""
+    """Warm-up epoch per variant, then ``rounds`` interleaved timed epochs (each round in its own shuffled order);
+    median images/s, peak RSS."""
     runs, notes = make_variants(wl, folder)
     for run in runs.values():
         run()  # warm-up (and, for hd_kd_cached, the epoch that fills its cache)
     times = {k: [] for k in runs}
     peaks = {k: 0.0 for k in runs}
-    for _ in range(rounds):
-        for kind, run in runs.items():
+    for r in range(rounds):
+        # a fresh order every round (seeded): a variant's place in the round (what ran just before it, the
+        # allocator's and the caches' state) must not favour it in every round
+        for kind in random.Random(r).sample(list(runs), len(runs)):
+            run = runs[kind]
             reset_rss_peak()
             t0 = time.perf_counter()
             run()

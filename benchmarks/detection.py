@@ -237,7 +237,15 @@ class Bench:
         path = str(folder / "teacher" / "model.pt")
         self.teacher_ckpt[which] = path
         row = with_per_class(next(r for r in summary["rows"] if r["model"] == "teacher"), folder, "teacher")
-        return with_interval(row, folder, "teacher"), path
+        return self.with_bflops(with_interval(row, folder, "teacher"), folder / "teacher"), path
+
+    def with_bflops(self, row: dict, phase: Path) -> dict:
+        """A Darknet model's row with Darknet's own operation count, as its printout and `hintdistill inspect`
+        give it (2 x weights x output pixels per conv)."""
+        if row["arch"] != "darknet":
+            return row
+        model, _ = load_model(phase / "model.pt")
+        return {**row, "darknet_bflops": model.darknet_table(self.size, self.size)[1]}
 
     def student_tree(self, row: str, seed: int) -> dict:
         """The recipe tree of one student row and seed (its teacher loaded from the teacher's model.pt)."""
@@ -265,10 +273,7 @@ class Bench:
         row = with_per_class(next(r for r in summary["rows"] if r["model"] == "distilled"), folder, "distilled")
         if seed == 0:
             row = with_interval(row, folder, "distilled")
-        if row["arch"] == "darknet":  # Darknet's own count, as its printout and `hintdistill inspect` give it
-            model, _ = load_model(folder / "distilled" / "model.pt")
-            row = {**row, "darknet_bflops": model.darknet_table(self.size, self.size)[1]}
-        return {**row, "seed": seed}
+        return {**self.with_bflops(row, folder / "distilled"), "seed": seed}
 
 
 def darknet_stage(section) -> dict:
@@ -388,6 +393,9 @@ def dataset_markdown(results: list[dict]) -> str:
               "| row | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     lines += [f"| {r['name']} | " + " | ".join(f"{r['ap50_per_class_mean'][c]:.4f}" for c in classes) + " |"
               for r in results]
+    darknet = [f"{r['name']} {r['darknet_bflops']:.2f}" for r in results if "darknet_bflops" in r]
+    if darknet:
+        lines += ["", f"Darknet BFLOPs at {results[0]['input_size']} px (Darknet's own count): {', '.join(darknet)}."]
     by = {r["name"]: r for r in results}
     t, b = by.get("teacher"), by.get("baseline")
     for row in ("chen_kd", "objectness_kd", "chen_kd_hints", "objectness_kd_hints", "pkd"):

@@ -71,6 +71,7 @@ class Distiller(nn.Module):
         # Stop each forward at the last tapped layer when no term reads a final output (a hint stage).
         self.stop_early = not any(t.reads_final_output for t in self.terms.values())
         self._ready = False
+        self._buffer_owners: list[nn.Module] | None = None  # listed after setup (adapters have no buffers yet before)
         if example_inputs is not None:
             self.setup(example_inputs)
 
@@ -166,7 +167,11 @@ class Distiller(nn.Module):
         bad = nonfinite_part(inputs)
         if bad is not None:
             self.nonfinite(f"the input batch holds {bad}, so every loss would be non-finite", "the input batch", True)
-        return BufferSnapshot(self.student, self.terms) if self.training else None
+        if not self.training:
+            return None
+        if self._buffer_owners is None:  # the student's and the terms' modules that hold buffers, listed once
+            self._buffer_owners = [m for root in (self.student, self.terms) for m in root.modules() if m._buffers]
+        return BufferSnapshot(owners=self._buffer_owners)
 
     def check_losses(self, losses: dict[str, torch.Tensor], snapshot: BufferSnapshot | None) -> None:
         """A non-finite loss puts the student's batch-norm statistics back and raises (or warns): a loop that

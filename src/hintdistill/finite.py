@@ -55,8 +55,13 @@ class BufferSnapshot:
     """A copy of a module's floating-point buffers (batch-norm running statistics) to put back after a
     forward whose result is thrown away; costs one copy of the buffers (kilobytes), not of the weights."""
 
-    def __init__(self, *modules: nn.Module):
-        self.buffers = [b for m in modules for b in m.buffers() if b.is_floating_point() or b.dtype == torch.long]
+    def __init__(self, *modules: nn.Module, owners: list[nn.Module] | None = None):
+        """The buffers of ``modules`` and their submodules; or, faster, of exactly the modules in ``owners`` (a
+        list made once, e.g. of the modules that have buffers: a walk over a model's tree every step costs more
+        than the copy)."""
+        owners = owners if owners is not None else list(dict.fromkeys(m for root in modules for m in root.modules()))
+        self.buffers = [b for m in owners for b in m._buffers.values()
+                        if b is not None and (b.is_floating_point() or b.dtype == torch.long)]
         self.saved = [b.detach().clone() for b in self.buffers]
 
     def restore(self) -> None:

@@ -75,6 +75,17 @@ def test_set_overrides_with_list_indices(tiny_recipe):
     assert terms["kd"][1] == LinearRamp(4.0, 1.0, 10.0)
 
 
+def test_unquoted_on_and_off_mean_the_words(tiny_recipe):
+    # YAML reads an unquoted off as False: `teacher_cache: off` in a file or --set must still mean "off"
+    text = yaml.safe_dump(tiny_recipe) + "speed: {teacher_cache: off, autocast: off}\n"
+    tree = yaml.safe_load(text)
+    assert tree["speed"] == {"teacher_cache": False, "autocast": False}
+    recipe = recipe_from_dict(tree, ["distill.0.teacher_cache=on"])
+    assert (recipe.speed.teacher_cache, recipe.speed.autocast, recipe.distill[0].teacher_cache) == ("off", "off", "on")
+    assert recipe_from_dict(tiny_recipe, ["speed.teacher_cache=off"]).speed.teacher_cache == "off"
+    assert "bf16" in config_error(tiny_recipe, ["speed.autocast=on"])  # no "on" for autocast: say what is
+
+
 def test_bad_overrides(tiny_recipe):
     assert "'5' is not a valid index of a list of 1" in config_error(tiny_recipe, ["distill.5.epochs=1"])
     assert "'x' is not a valid index" in config_error(tiny_recipe, ["distill.x.epochs=1"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .schema import LinearRamp, Strict, Weight
@@ -76,13 +76,21 @@ class TrainConfig(Strict):
                               "e.g. 0.9999. Unset: the trained weights as they are")
 
 
+def _yaml_switch(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted on / off (and yes / no) as a boolean: take those as the words "on" / "off"."""
+    return {True: "on", False: "off"}[value] if isinstance(value, bool) else value
+
+
+CacheSwitch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)]
+
+
 class StageConfig(TrainConfig):
     """A span of distillation epochs with its own terms, trainable modules and optimizer."""
 
     name: str = "distill"
     terms: list[AnyTerm]
     trainable: Literal["all", "up_to_guided"] = "all"
-    teacher_cache: Literal["auto", "on", "off"] | None = Field(
+    teacher_cache: CacheSwitch | None = Field(
         None, description="this stage's teacher-output cache; unset: the recipe's speed.teacher_cache")
 
     @model_validator(mode="after")
@@ -161,7 +169,7 @@ class DataConfig(Strict):
 class SpeedConfig(Strict):
     """How fast to train (README "Speed"). Options that change the numbers are off by default."""
 
-    teacher_cache: Literal["auto", "on", "off"] = Field(
+    teacher_cache: CacheSwitch = Field(
         "auto", description="cache the teachers' logits during the first epoch and read them afterwards; auto: "
                             "where safe (frozen teachers, no random augmentation), on: an error where not safe")
     cache_dir: str | None = Field(None, description="folder for the cache files (shared between runs); "
@@ -171,7 +179,7 @@ class SpeedConfig(Strict):
     cache_topk: int | None = Field(None, gt=0, description="keep only the k largest logits per sample (and the "
                                                            "log-sum-exp; the other classes share the rest)")
     channels_last: bool = False
-    autocast: Literal["off", "bf16", "fp16"] = Field(
+    autocast: Annotated[Literal["off", "bf16", "fp16"], BeforeValidator(_yaml_switch)] = Field(
         "off", description="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA, with a gradient scaler)")
     compile: bool = Field(False, description="torch.compile the student (taps on the student disable it)")
     fuse_teacher_bn: bool = Field(False, description="fold the teachers' BatchNorms into the convolutions before "

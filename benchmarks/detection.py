@@ -111,6 +111,7 @@ STUDENT_MODELS = {"darknet_student": DARKNET_STUDENT, "darknet_student_kd": DARK
 # A Darknet model (exp box decoding) trains with recipes/darknet_distill.yaml's optimizer and gradient clipping,
 # whichever side it is on; the yolo n student of darknet_teacher_kd keeps the common stage, as chen_kd's does.
 DARKNET_STAGE = ("optimizer", "grad_clip_norm")
+DARKNET_RECIPE = yaml.safe_load((ROOT / "recipes/darknet_distill.yaml").read_text())
 TEACHER_MODELS = {"hint_teacher": {"name": "yolo", "args": HINT_TEACHER_ARGS}, "darknet_teacher": DARKNET_TEACHER}
 YOLO_TXT_ROWS = {"darknet_student", "darknet_student_kd", "darknet_teacher_kd", "darknet_teacher"}
 BCCD_ONLY = YOLO_TXT_ROWS
@@ -223,7 +224,7 @@ class Bench:
         if which in TEACHER_MODELS:
             tree["teacher"].update(copy.deepcopy(TEACHER_MODELS[which]))
         if tree["teacher"]["name"] == "darknet":
-            tree["teacher"]["train"].update(darknet_stage(lambda r: r["teacher"]["train"]))
+            tree["teacher"]["train"].update(darknet_stage(DARKNET_RECIPE["teacher"]["train"]))
         # the schema needs a distill stage: 0 epochs trains no student
         tree["distill"] = [{"name": "none", "epochs": 0, "terms": [DET]}]
         return self.with_data(tree, which)
@@ -260,7 +261,7 @@ class Bench:
         stage = self.with_epochs(self.base["distill"][0], self.student_epochs)
         stage.update(name="train" if STUDENT_ROWS[row][1] == [DET] else "distill", terms=copy.deepcopy(terms))
         if tree["student"]["name"] == "darknet":
-            stage.update(darknet_stage(lambda r: r["distill"][0]))
+            stage.update(darknet_stage(DARKNET_RECIPE["distill"][0]))
         tree["distill"] = [stage]
         return self.with_data(tree, row)
 
@@ -276,10 +277,9 @@ class Bench:
         return {**self.with_bflops(row, folder / "distilled"), "seed": seed}
 
 
-def darknet_stage(section) -> dict:
-    """The DARKNET_STAGE settings of one stage of recipes/darknet_distill.yaml (``section`` picks the stage)."""
-    recipe = yaml.safe_load((ROOT / "recipes/darknet_distill.yaml").read_text())
-    return {k: copy.deepcopy(section(recipe)[k]) for k in DARKNET_STAGE}
+def darknet_stage(stage: dict) -> dict:
+    """The DARKNET_STAGE settings of one stage of recipes/darknet_distill.yaml."""
+    return {k: copy.deepcopy(stage[k]) for k in DARKNET_STAGE}
 
 
 def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> dict:

@@ -108,7 +108,7 @@ HEADER = {
 # distilled from the same initial weights with the same schedule. Objective: the detection loss + objectness-scaled
 # KD (Mehta & Ozturk 2018). Chen et al.'s chen_kd (+ neck_hints) is one --set away, e.g.
 #   --set 'distill.0.terms=[{{type: chen_kd}}, {{type: neck_hints}}]'   (chen_kd holds the hard loss: no 'detection')
-# but no better than the baseline on raccoon (6 seeds; benchmarks/RESULTS.md). Anchors: 9 k-means anchors of
+# but below the baseline on raccoon (9 seeds: -6.5 on the mean; RESULTS.md). Anchors: 9 k-means anchors of
 # the training boxes, stored in every model.pt. On 2 CPU cores the full schedule takes many hours; the measured
 # benchmark (benchmarks/detection.py, benchmarks/RESULTS.md) runs it scaled down.
 """,

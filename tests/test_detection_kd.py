@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hintdistill.errors import ShapeError
+from hintdistill.errors import ConfigError, ShapeError
 from hintdistill.terms.detection import (
     ChenDetectionKD,
     NeckHints,
@@ -128,6 +128,34 @@ def test_chen_soft_loss_with_fm_nms_teaches_background_at_suppressed_cells():
     n0 = 3 * 64
     assert nms.soft_loss(s_maps, t_maps).item() == pytest.approx(4 * (kept + 26 * suppressed) / n0, rel=1e-5)
     assert plain.soft_loss(s_maps, t_maps).item() == pytest.approx(4 * kept / n0, rel=1e-5)  # levels 1, 2: 0
+
+
+def test_chen_soft_loss_with_iou_quality_scales_the_teachers_foreground_by_box_agreement():
+    # teacher everywhere: objectness 0.5, classes [0, 0], box one anchor square at the cell centre;
+    # student: objectness 0.75, classes [ln 3, 0], width (2 σ(ln 3))² = 2.25 anchors, same centre and height
+    # → q = IoU = 1 / 2.25 and P'_t = [1 − q · 0.5, q · 0.25, q · 0.25]
+    teacher, student = maps(fill=[0, 0, 0, 0, 0, 0, 0]), maps(fill=[0, 0, LN3, 0, LN3, LN3, 0])
+    q = 1 / 2.25
+    pt, ps, w = [1 - q * 0.5, q * 0.25, q * 0.25], [0.25, 0.5625, 0.1875], [1.5, 1.0, 1.0]
+    per_cell = sum(wc * p * math.log(p / r) for wc, p, r in zip(w, pt, ps, strict=True))
+    term = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0, quality="iou")
+    s_maps, t_maps = head_list(student), head_list(teacher)
+    assert term.soft_loss(s_maps, t_maps).item() == pytest.approx(5.4 * per_cell, rel=1e-5)
+    # the student's box gets no gradient from the soft term; its objectness and classes do
+    s_maps = [m.clone().requires_grad_() for m in s_maps]
+    term.soft_loss(s_maps, t_maps).backward()
+    assert s_maps[0].grad[..., :4].abs().max() == 0 and s_maps[0].grad[..., 4].abs().min() > 0
+    # boxes that agree (q = 1): the paper's form exactly
+    same_box = maps(fill=[0, 0, 0, 0, LN3, LN3, 0])
+    paper = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0)
+    assert term.soft_loss(head_list(same_box), t_maps).item() == pytest.approx(
+        paper.soft_loss(head_list(same_box), t_maps).item(), rel=1e-6)
+    # disjoint boxes (q = 0): the teacher teaches pure background, 1.5 · (−log P_s,0) per cell
+    far = maps(fill=[-20, -20, -20, -20, LN3, LN3, 0])
+    far_cell = 1.5 * -math.log(0.25)
+    assert term.soft_loss(head_list(far), t_maps).item() == pytest.approx(5.4 * far_cell, rel=1e-4)
+    with pytest.raises(ConfigError, match="quality"):
+        ChenDetectionKD(ANCHORS, quality="gt")
 
 
 def test_chen_soft_distribution_at_a_temperature_is_softmax_of_scaled_logits():

@@ -60,6 +60,18 @@ def ciou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return 1.0 - complete_box_iou_loss(min_size(boxes1), min_size(boxes2), reduction="none")
 
 
+def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Plain IoU of paired xyxy boxes ``[..., 4]``, elementwise (0 where they do not overlap or both are empty)."""
+    lt, rb = torch.maximum(boxes1[..., :2], boxes2[..., :2]), torch.minimum(boxes1[..., 2:4], boxes2[..., 2:4])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+
+    def area(b: torch.Tensor) -> torch.Tensor:
+        return (b[..., 2:4] - b[..., :2]).clamp(min=0).prod(-1)
+
+    union = area(boxes1) + area(boxes2) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
 MIN_SIZE = 1e-3
 
 

@@ -60,8 +60,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from ..detection.assign import assign_targets, target_box_params
-from ..detection.boxes import box_params, ciou
-from ..detection.heads import HeadSpec, describe, head_differences
+from ..detection.boxes import box_params, ciou, paired_iou
+from ..detection.heads import HeadSpec, decode_level, describe, head_differences
 from ..detection.heads import box_params as head_box_params
 from ..detection.loss import (
     YoloLoss,
@@ -214,11 +214,16 @@ class ChenDetectionKD(Term):
         fm_nms: bool = Field(False, description="feature-map NMS on the teacher's soft targets (Mehta & Ozturk "
                              "2018): a cell that is not its class's most confident in its 3x3 neighbourhood teaches "
                              "background; false is the paper's form")
+        quality: Literal["none", "iou"] = Field("none", description="'iou': at each anchor and cell the teacher's "
+                                                "foreground mass is scaled by the IoU of the student's box with the "
+                                                "teacher's box there (no gradient through it); the rest goes to "
+                                                "background. 'none' is the paper's form")
 
     def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), mu: float = 0.5,
                  temperature: float = 1.0, background_weight: float = 1.5, margin: float = 0.0, nu: float = 0.5,
                  anchor_t: float = 4.0, teacher_index: int = 0, regression: str = "bounded_iou",
-                 hard: dict | None = None, teacher_heads: Sequence[HeadSpec] | None = None, fm_nms: bool = False):
+                 hard: dict | None = None, teacher_heads: Sequence[HeadSpec] | None = None, fm_nms: bool = False,
+                 quality: str = "none"):
         super().__init__()
         if not 0.0 <= mu <= 1.0:
             raise ConfigError(f"ChenDetectionKD mu={mu}: mu is the hard-loss share and must be in [0, 1]")
@@ -231,7 +236,9 @@ class ChenDetectionKD(Term):
         self.strides = [h.stride for h in self.heads]
         self.mu, self.temperature, self.background_weight = mu, temperature, background_weight
         self.margin, self.nu, self.anchor_t, self.teacher_index = margin, nu, anchor_t, teacher_index
-        self.fm_nms = fm_nms
+        if quality not in ("none", "iou"):
+            raise ConfigError(f"ChenDetectionKD quality='{quality}': choose 'none' (the paper's soft targets) or 'iou'")
+        self.fm_nms, self.quality = fm_nms, quality
         self.obj_weight = (hard or {}).get("obj_weight", 1.0)  # the soft loss's gain (the hard one's is μ × it)
         self.hard = self.yolo_loss(**(hard or {}))
         self.last: dict[str, torch.Tensor] = {}
@@ -269,11 +276,25 @@ class ChenDetectionKD(Term):
                 background = torch.full_like(log_pt, -1e4)
                 background[..., 0] = 0.0
                 log_pt = torch.where(keep.unsqueeze(-1), log_pt, background)
+            if self.quality == "iou":
+                log_pt = self.quality_weighted(log_pt, s.detach().float(), t, level)
             weights = torch.ones(log_ps.shape[-1], device=s.device)
             weights[0] = self.background_weight
             per_cell = (weights * log_pt.exp() * (log_pt - log_ps)).sum(-1)
             total = total + self.hard.balance[level] * per_cell.mean()
         return self.obj_weight * obj_scale * total
+
+    def quality_weighted(self, log_pt: torch.Tensor, s: torch.Tensor, t: torch.Tensor, level: int) -> torch.Tensor:
+        """``log P'_t`` with ``P'_t = [1 − q (1 − P_t,0), q P_t,1..C]``, ``q = IoU(student box, teacher box)`` per
+        anchor and cell. The teacher's confidence is a statement about its own box; a one-stage student has its
+        own box at the cell (in Chen's two-stage detector both classify the same proposal), and YOLO's hard
+        objectness target is that box's IoU. Taught the teacher's confidence whatever its box, a student
+        becomes sure of boxes that miss (raccoon: confident thin boxes inside the animal)."""
+        q = paired_iou(decode_level(s, self.heads[level])[..., :4], decode_level(t, self.teacher_heads[level])[..., :4])
+        log_q = torch.log(q).clamp(min=-1e4).unsqueeze(-1)  # log 0 as -1e4, as fm_nms does: exp gives 0
+        foreground = log_pt[..., 1:] + log_q
+        background = torch.log1p(-(q * -torch.expm1(log_pt[..., 0]))).clamp(min=-1e4)
+        return torch.cat([background.unsqueeze(-1), foreground], -1)
 
     def bounded_regression(self, s_maps: list[torch.Tensor], t_maps: list[torch.Tensor], targets: list[dict]):
         """Teacher-bounded regression averaged over the GT positives (0 without any):

@@ -11,7 +11,10 @@ For ``--batches`` training batches (no augmentation) it prints, per term of ``di
 and, over the same batches, the teacher's objectness on the GT-positive and on the negative cells of the
 student's assignment (mean sigmoid, and the share of the soft term's mass that falls on negatives), and at
 the positives the bounded regression's statistics (how often it is active, the teacher's and the student's
-squared errors, and how many size targets lie near the (2 sigmoid)^2 = 4 ceiling).
+squared errors, and how many size targets lie near the (2 sigmoid)^2 = 4 ceiling); and whether the student's
+objectness at its positives follows its own box's IoU with the GT (YOLO's objectness target) or is confident
+where its box misses (positives with IoU < 0.3 and objectness > 0.5: what chen_kd's paper-form soft targets
+taught the raccoon students that lost, see ``quality`` in ``hintdistill.terms.detection``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 from hintdistill.build import build_data, build_terms, instantiate, model_spec
 from hintdistill.config import load_recipe
 from hintdistill.detection.assign import assign_targets, target_box_params
-from hintdistill.detection.boxes import box_params
+from hintdistill.detection.boxes import box_params, paired_iou
+from hintdistill.detection.heads import decode_level, yolov5_heads
 from hintdistill.detection.loss import head_maps
 from hintdistill.distiller import Distiller
 from hintdistill.engine.checkpoint import load_model
@@ -80,6 +84,25 @@ def teacher_calibration(s_maps, t_maps, targets, anchors, strides) -> dict[str, 
     }
 
 
+def student_calibration(s_maps, targets, anchors, strides) -> dict[str, float]:
+    """At the GT positives: the correlation of the student's objectness with its box's IoU with the GT, and
+    how many positives are confident (> 0.5) with a box that misses (IoU < 0.3)."""
+    pos = assign_targets(targets, anchors, strides, [tuple(m.shape[2:4]) for m in s_maps])
+    obj, iou = [], []
+    for s, p, head in zip(s_maps, pos, yolov5_heads(anchors, strides), strict=True):
+        d = decode_level(s, head)[p.batch, p.anchor, p.gj, p.gi]
+        obj.append(d[:, 4])
+        iou.append(paired_iou(d[:, :4], p.boxes))
+    obj, iou = torch.cat(obj), torch.cat(iou)
+    misses = iou < 0.3
+    return {
+        "student_obj_iou_correlation": float(torch.corrcoef(torch.stack([obj, iou]))[0, 1]) if len(obj) > 1
+        else float("nan"),
+        "student_confident_misses": float((misses & (obj > 0.5)).sum()),
+        "student_obj_where_box_misses": float(obj[misses].mean()) if misses.any() else float("nan"),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe")
@@ -120,9 +143,10 @@ def main() -> None:
                 row.update({f"{part}/grad/{k}": g for k, g in grad_norms(student, weight * v).items()})
             rows.setdefault(name, []).append(row)
         calib.append(teacher_calibration([m.detach() for m in head_maps(student_out)],
-                                         head_maps(teacher_out[0], "teacher"), y, anchors, strides))
+                                         head_maps(teacher_out[0], "teacher"), y, anchors, strides)
+                     | student_calibration([m.detach() for m in head_maps(student_out)], y, anchors, strides))
     summary = {name: {k: statistics.fmean(r[k] for r in rs if k in r) for k in rs[0]} for name, rs in rows.items()}
-    summary["teacher_calibration"] = {k: statistics.fmean(c[k] for c in calib) for k in calib[0]}
+    summary["calibration"] = {k: statistics.fmean(c[k] for c in calib) for k in calib[0]}
     print(json.dumps(summary, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=2) + "\n")

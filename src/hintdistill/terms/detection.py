@@ -30,6 +30,13 @@ summed with the hard objectness loss's level balance and gain, so μ and 1 − �
 reported as Σ_c w_c P_t,c (log P_t,c − log P_s,c), the cross-entropy minus a term that does not depend on
 the student: the gradients are the paper's, and the value is 0 when student == teacher.
 
+``quality="iou"`` (off by default: the paper's form) moves part of the teacher's foreground mass to background
+at each anchor and cell: ``P'_t = [1 − q (1 − P_t,0), q P_t,1..C]`` with ``q = IoU(student box, teacher box)``
+there, without gradient. In Chen's two-stage detector teacher and student classify the same proposal; in a
+one-stage head each has its own box at the cell, the teacher's confidence is about its box, and YOLO's own
+objectness target is the IoU of the predicted box. Without it a student can learn the teacher's confidence
+for boxes that miss (see ``benchmarks/detection_diagnose.py``: confident positives whose box misses).
+
 The regression error e at the GT positives of ``assign_targets``: by default (``bounded_iou``) e = 1 − CIoU,
 the hard box loss's own error, scaled by its gain, so ν weighs L_b against L_box in the same units (YOLO's
 CIoU takes the place of Faster R-CNN's smooth L1). ``bounded`` is the paper's form on the head's box

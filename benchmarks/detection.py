@@ -13,12 +13,15 @@ Rows (test split of each data set), every student built from its recipe's distil
 - ``teacher``: trained once per data set and loaded by every student run;
 - ``baseline``: YOLO-n, detection loss alone;
 - ``chen_kd``: Chen et al. 2017 in one-stage form as the recipes set it (hard loss with mu, weighted soft class
-  CE with w_bg = 1.5, nu = 0: no teacher-bounded regression, which hurt on raccoon); ``chen_kd_hints``: + neck hints through 1x1
-  adaptation layers, gamma = 0.5; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD;
+  CE with w_bg = 1.5, nu = 0: no teacher-bounded regression, which hurt on raccoon; ``quality: iou``: the
+  teacher's soft foreground scaled by the IoU of the student's box with the teacher's at each cell);
+  ``chen_kd_hints``: + neck hints through 1x1 adaptation layers, gamma = 0.5; ``chen_kd_paper`` and
+  ``chen_kd_paper_hints``: the same with the paper's soft targets (``quality: none``), as measured before; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD;
   ``objectness_kd_hints``: that + the same neck hints;
 - ``pkd``: detection loss + Pearson-correlation feature KD on the neck levels (Cao et al. 2022: per-channel
   standardised maps, ½·MSE summed over P3-P5, weight 6; 1x1 adapters where teacher and student channels differ);
-- ablations after Chen et al.'s Table 4 (``--rows ablation/...``, BCCD's hint teacher for the hint pair):
+- ablations after Chen et al.'s Table 4 (``--rows ablation/...``, BCCD's hint teacher for the hint pair; the paper's
+  soft targets):
   ``ablation/cls`` vs ``ablation/cls_w`` (soft CE with w_bg 1.0 vs 1.5, no regression term),
   ``ablation/l2`` vs ``ablation/l2_b`` (unbounded L2 to the teacher vs the paper's teacher-bounded L2 on the
   head's box parameters; ``ablation/l2_b_iou``: the bounded term in the box loss's units), ``ablation/hints`` vs ``ablation/hints_a`` (neck hints without / with a 1x1 adapter;
@@ -78,7 +81,9 @@ DATASETS = ("bccd", "raccoon", "synthetic")
 HINT_TEACHER_ARGS = {"size": "l", "width": 0.25}  # neck channels equal to yolo n's: identity hints possible
 
 DET = {"type": "detection"}
-CHEN = {"type": "chen_kd", "mu": 0.5, "temperature": 1.0, "background_weight": 1.5, "margin": 0.0, "nu": 0.0}
+CHEN_PAPER = {"type": "chen_kd", "mu": 0.5, "temperature": 1.0, "background_weight": 1.5, "margin": 0.0, "nu": 0.0,
+              "quality": "none"}
+CHEN = dict(CHEN_PAPER, quality="iou")  # the teacher's soft foreground scaled by IoU(student box, teacher box)
 HINTS = {"type": "neck_hints", "weight": 0.5, "adapter": "conv1x1", "distance": "l2"}
 OKD = {"type": "objectness_kd", "lambda_d": 1.0, "fm_nms": True}
 PKD = {"type": "pkd", "weight": 6.0}  # levels: the YOLO neck's P3-P5 (the term's default)
@@ -89,13 +94,15 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "chen_kd": ("teacher", [CHEN]),
     "objectness_kd": ("teacher", [DET, OKD]),
     "chen_kd_hints": ("teacher", [CHEN, HINTS]),
+    "chen_kd_paper": ("teacher", [CHEN_PAPER]),
+    "chen_kd_paper_hints": ("teacher", [CHEN_PAPER, HINTS]),
     "objectness_kd_hints": ("teacher", [DET, OKD, HINTS]),
     "pkd": ("teacher", [DET, PKD]),
-    "ablation/cls": ("teacher", [dict(CHEN, background_weight=1.0, nu=0.0)]),
-    "ablation/cls_w": ("teacher", [dict(CHEN, nu=0.0)]),
-    "ablation/l2": ("teacher", [dict(CHEN, nu=0.5, regression="l2")]),
-    "ablation/l2_b": ("teacher", [dict(CHEN, nu=0.5, regression="bounded")]),
-    "ablation/l2_b_iou": ("teacher", [dict(CHEN, nu=0.5)]),  # the bounded term in the box loss's units
+    "ablation/cls": ("teacher", [dict(CHEN_PAPER, background_weight=1.0, nu=0.0)]),
+    "ablation/cls_w": ("teacher", [dict(CHEN_PAPER, nu=0.0)]),
+    "ablation/l2": ("teacher", [dict(CHEN_PAPER, nu=0.5, regression="l2")]),
+    "ablation/l2_b": ("teacher", [dict(CHEN_PAPER, nu=0.5, regression="bounded")]),
+    "ablation/l2_b_iou": ("teacher", [dict(CHEN_PAPER, nu=0.5)]),  # the bounded term in the box loss's units
     "ablation/hints": ("hint_teacher", [DET, dict(HINTS, adapter="identity")]),
     "ablation/hints_a": ("hint_teacher", [DET, HINTS]),
 }
@@ -104,8 +111,8 @@ DARKNET_STUDENT = {"name": "darknet", "args": {"cfg": str(ROOT / "recipes/cfg/yo
 DARKNET_TEACHER = {"name": "darknet", "args": {"cfg": str(ROOT / "recipes/cfg/yolov4-quarter-bccd.cfg")}}
 STUDENT_ROWS.update({
     "darknet_student": ("teacher", [DET]),
-    "darknet_student_kd": ("teacher", [CHEN]),
-    "darknet_teacher_kd": ("darknet_teacher", [CHEN]),
+    "darknet_student_kd": ("teacher", [CHEN_PAPER]),  # as measured (before quality="iou")
+    "darknet_teacher_kd": ("darknet_teacher", [CHEN_PAPER]),
 })
 STUDENT_MODELS = {"darknet_student": DARKNET_STUDENT, "darknet_student_kd": DARKNET_STUDENT}
 # A Darknet model (exp box decoding) trains with recipes/darknet_distill.yaml's optimizer and gradient clipping,
@@ -398,7 +405,8 @@ def dataset_markdown(results: list[dict]) -> str:
         lines += ["", f"Darknet BFLOPs at {results[0]['input_size']} px (Darknet's own count): {', '.join(darknet)}."]
     by = {r["name"]: r for r in results}
     t, b = by.get("teacher"), by.get("baseline")
-    for row in ("chen_kd", "objectness_kd", "chen_kd_hints", "objectness_kd_hints", "pkd"):
+    for row in ("chen_kd", "objectness_kd", "chen_kd_hints", "objectness_kd_hints", "pkd", "chen_kd_paper",
+                "chen_kd_paper_hints"):
         s = by.get(row)
         if t and b and s and t["map50_mean"] != b["map50_mean"]:
             closed = (s["map50_mean"] - b["map50_mean"]) / (t["map50_mean"] - b["map50_mean"])

@@ -101,7 +101,7 @@ def test_chen_soft_class_loss_hand_worked():
     pt, ps, w = [0.5, 0.25, 0.25], [0.25, 0.5625, 0.1875], [1.5, 1.0, 1.0]
     cross_entropy = -sum(wc * p * math.log(q) for wc, p, q in zip(w, pt, ps, strict=True))
     teacher_term = -sum(wc * p * math.log(p) for wc, p in zip(w, pt, strict=True))
-    term = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0)
+    term = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0, quality="none")
     # every cell alike: each level's mean is the per-cell value, summed with the objectness balance 4 + 1 + 0.4
     per_cell = cross_entropy - teacher_term
     assert term.soft_loss(head_list(student), head_list(teacher)).item() == pytest.approx(5.4 * per_cell, rel=1e-5)
@@ -116,7 +116,8 @@ def test_chen_soft_loss_with_fm_nms_teaches_background_at_suppressed_cells():
     # of level 0 is made more confident (0.75): it alone keeps its soft target in its 3x3 neighbourhood
     teacher, student = maps(fill=[0, 0, 0, 0, 0, 0, 0]), maps(fill=[0, 0, 0, 0, 0, 0, 0])
     teacher["head:0"][0, 0, 3, 3, 4] = LN3
-    plain, nms = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0), ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0, fm_nms=True)
+    plain = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0, quality="none")
+    nms = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0, fm_nms=True, quality="none")
     s_maps, t_maps = head_list(student), head_list(teacher)
     # the student says P = [0.5, 0.25, 0.25] everywhere; a suppressed cell's target [1, 0, 0] costs 1.5 ln 2
     suppressed = 1.5 * math.log(2)
@@ -147,7 +148,7 @@ def test_chen_soft_loss_with_iou_quality_scales_the_teachers_foreground_by_box_a
     assert s_maps[0].grad[..., :4].abs().max() == 0 and s_maps[0].grad[..., 4].abs().min() > 0
     # boxes that agree (q = 1): the paper's form exactly
     same_box = maps(fill=[0, 0, 0, 0, LN3, LN3, 0])
-    paper = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0)
+    paper = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0, quality="none")
     assert term.soft_loss(head_list(same_box), t_maps).item() == pytest.approx(
         paper.soft_loss(head_list(same_box), t_maps).item(), rel=1e-6)
     # disjoint boxes (q = 0): the teacher teaches pure background, 1.5 · (−log P_s,0) per cell
@@ -210,7 +211,7 @@ def test_chen_total_is_mu_hard_plus_soft_plus_bounded():
     from hintdistill.detection.loss import YoloLoss
 
     teacher, student = maps(fill=[0, 0, 0, 0, 0, 0, 0]), maps(0.3, fill=[0, 0, 0, 0, LN3, LN3, 0])
-    term = ChenDetectionKD(ANCHORS, mu=0.25, nu=0.5)
+    term = ChenDetectionKD(ANCHORS, mu=0.25, nu=0.5, quality="none")
     total = term(student, [teacher], TARGETS).item()
     hard = YoloLoss(ANCHORS, obj_weight=0.25, cls_weight=0.125)(student, [], TARGETS).item()
     soft = 0.75 * term.soft_loss(head_list(student), head_list(teacher)).item()

@@ -12,7 +12,7 @@ and, over the same batches, the teacher's objectness on the GT-positive and on t
 student's assignment (mean sigmoid, and the share of the soft term's mass that falls on negatives), and at
 the positives the bounded regression's statistics (how often it is active, the teacher's and the student's
 squared errors, and how many size targets lie near the (2 sigmoid)^2 = 4 ceiling); and whether the student's
-objectness at its positives follows its own box's IoU with the GT (YOLO's objectness target) or is confident
+objectness at its positives (in eval mode, as deployed) follows its own box's IoU with the GT (YOLO's objectness target) or is confident
 where its box misses (positives with IoU < 0.3 and objectness > 0.5: what chen_kd's paper-form soft targets
 taught the raccoon students that lost, see ``quality`` in ``hintdistill.terms.detection``).
 """
@@ -142,9 +142,13 @@ def main() -> None:
                 row[f"{part}/value"] = float(weight * v)
                 row.update({f"{part}/grad/{k}": g for k, g in grad_norms(student, weight * v).items()})
             rows.setdefault(name, []).append(row)
+        student.eval()  # as deployed: a student can lean on batch statistics that a test pass does not have
+        with torch.no_grad():
+            deployed = [m.detach() for m in student(x)]
+        student.train()
         calib.append(teacher_calibration([m.detach() for m in head_maps(student_out)],
                                          head_maps(teacher_out[0], "teacher"), y, anchors, strides)
-                     | student_calibration([m.detach() for m in head_maps(student_out)], y, anchors, strides))
+                     | student_calibration(deployed, y, anchors, strides))
     summary = {name: {k: statistics.fmean(r[k] for r in rs if k in r) for k in rs[0]} for name, rs in rows.items()}
     summary["calibration"] = {k: statistics.fmean(c[k] for c in calib) for k in calib[0]}
     print(json.dumps(summary, indent=2))

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from hintdistill.detection.heads import HeadSpec
 from hintdistill.errors import ConfigError, ShapeError
 from hintdistill.terms.detection import (
     ChenDetectionKD,
@@ -155,6 +156,12 @@ def test_chen_soft_loss_with_iou_quality_scales_the_teachers_foreground_by_box_a
     far = maps(fill=[-20, -20, -20, -20, LN3, LN3, 0])
     far_cell = 1.5 * -math.log(0.25)
     assert term.soft_loss(head_list(far), t_maps).item() == pytest.approx(5.4 * far_cell, rel=1e-4)
+    # an exp-decoded (Darknet) size that overflows: no agreement, and a finite loss
+    inf = maps(fill=[0, 0, 1e4, 1e4, LN3, LN3, 0])
+    darknet = [HeadSpec(h.stride, h.anchors, "darknet") for h in term.heads]
+    exp_term = ChenDetectionKD(ANCHORS, mu=0.5, nu=0.0, quality="iou", teacher_heads=term.heads)
+    exp_term.heads = darknet
+    assert torch.isfinite(exp_term.soft_loss(head_list(inf), t_maps))
     with pytest.raises(ConfigError, match="quality"):
         ChenDetectionKD(ANCHORS, quality="gt")
 

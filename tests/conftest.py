@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,17 @@ from hintdistill.data.classification import DEBIAN_DIRS
 
 # tiny tensors: more threads than one only fight the other jobs on a 2-core machine
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str):
+    """A benchmark or script (not part of the package) as a module, by its path from the repository root."""
+    spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 FASHION_DIR = Path(DEBIAN_DIRS["fashion_mnist"])
 HAVE_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()

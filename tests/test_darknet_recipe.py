@@ -4,12 +4,12 @@ student's student.cfg + student.weights, read by OpenCV's Darknet importer, pred
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import load_script
 
 from hintdistill import report
 from hintdistill.config import recipe_from_dict
@@ -68,9 +68,7 @@ def test_darknet_recipe_ships_a_student_that_opencv_runs_the_same(tmp_path, monk
 def test_benchmark_darknet_rows_are_valid_recipes_on_yolo_txt_data(tmp_path):
     """The Darknet benchmark rows are code only (not run here): their recipe trees validate, read BCCD as
     YOLO-txt from the scale's run folder, and build the intended teacher and student."""
-    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks/detection.py")
-    bench_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_mod)
+    bench_mod = load_script("benchmarks/detection.py")
     args = argparse.Namespace(teacher_size=None, input_size=192, workers=None, batch_size=None, eval_every=None,
                               train_subset=None, test_subset=None, epochs_scale=1.0, teacher_epochs=None,
                               student_epochs=None, out=str(tmp_path))

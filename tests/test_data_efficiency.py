@@ -1,18 +1,15 @@
 """benchmarks/data_efficiency.py (Hinton's Table 5 idea) on a tiny size: the runs it makes and its table."""
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SGD, TINY_RECIPE, needs_fashion
+from conftest import SGD, TINY_RECIPE, load_script, needs_fashion
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("data_efficiency", ROOT / "benchmarks/data_efficiency.py")
-de = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(de)
+de = load_script("benchmarks/data_efficiency.py")
 
 
 def test_subset_recipe_scales_every_stage_and_its_anneal():

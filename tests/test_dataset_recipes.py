@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_script
 
 from hintdistill.config import SyntheticConfig, load_recipe
 
@@ -46,11 +47,7 @@ def test_teacher_recipes_share_the_distill_recipes_teacher_and_differ_only_in_da
 
 
 def test_the_recipes_are_what_the_generator_writes():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make", ROOT / "scripts/make_detection_recipes.py")
-    make = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make)
+    make = load_script("scripts/make_detection_recipes.py")
     for d in DATASETS:
         for kind in ("teacher", "distill"):
             assert (ROOT / "recipes" / f"{d}_yolo_{kind}.yaml").read_text() == make.recipe(d, kind), (d, kind)

@@ -1,21 +1,18 @@
 """The detection benchmark's bookkeeping: rows paired with their baseline by seed, new seeds pooled with a
 recorded row (benchmarks/detection.py; its runs themselves are measured, not tested)."""
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks/detection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/detection.py")
 
 
 def test_benchmark_pairs_a_row_with_its_baseline_seed_by_seed():

@@ -1,14 +1,12 @@
 """The detection diagnostic's student calibration: confident positives whose own box misses the GT
 (benchmarks/detection_diagnose.py; what chen_kd's paper-form soft targets taught the raccoon students that lost)."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = torch.tensor([[[8, 8], [12, 12], [16, 16]], [[32, 32], [40, 40], [48, 48]],
                         [[64, 64], [80, 80], [96, 96]]], dtype=torch.float32)
 STRIDES = [8.0, 16.0, 32.0]
@@ -19,10 +17,7 @@ TARGETS = [{"boxes": torch.tensor([[16.0, 16.0, 48.0, 48.0]]), "labels": torch.t
 
 
 def diagnose():
-    spec = importlib.util.spec_from_file_location("diagnose", ROOT / "benchmarks/detection_diagnose.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/detection_diagnose.py")
 
 
 def test_student_calibration_counts_confident_positives_whose_box_misses():

@@ -312,8 +312,6 @@ def pooled(recorded: dict | None, new: dict, first_seed: int) -> dict:
     (exact); teacher rows and rows without earlier seeds come back as they are."""
     if not recorded or new["name"] == "teacher" or "seeds" not in recorded:
         return new
-    if recorded.get("pooled_from") and set(recorded["seeds"]) - set(range(first_seed)):
-        recorded = recorded["pooled_from"]  # rewritten after every run: pool with the recorded part only
     old = [s for s in recorded["seeds"] if s < first_seed]
     if old != recorded["seeds"]:
         raise SystemExit(f"--first-seed {first_seed}: the recorded {new['name']} row has seeds {recorded['seeds']}; "
@@ -327,19 +325,20 @@ def pooled(recorded: dict | None, new: dict, first_seed: int) -> dict:
             "map50_std": statistics.stdev(m50), "map_mean": mean("map_mean"), "map_std": (ss / (n1 + n2 - 1)) ** 0.5,
             "ap50_per_class_mean": {c: (n1 * recorded["ap50_per_class_mean"][c] + n2 * v) / (n1 + n2)
                                     for c, v in new["ap50_per_class_mean"].items()},
-            "map50_boot90_seed0": recorded.get("map50_boot90_seed0"), "wall_s": mean("wall_s"),
-            "pooled_from": {k: v for k, v in recorded.items() if k != "pooled_from"}}
+            "map50_boot90_seed0": recorded.get("map50_boot90_seed0"), "wall_s": mean("wall_s")}
 
 
-def merged(recorded: list[dict], rows: list[dict], produced: set, first_seed: int = 0) -> list[dict]:
+def merged(recorded: list[dict], rows: list[dict], produced: set, first_seed: int = 0,
+           at_start: list[dict] | None = None) -> list[dict]:
     """What the results file holds after a write: the recorded rows this invocation does not produce, and its own
-    rows (``produced``: (dataset, name) pairs); with ``first_seed`` its rows pooled with the recorded seeds below
-    it, and a recorded row that has no new seed yet kept as it is."""
+    rows (``produced``: (dataset, name) pairs); with ``first_seed`` its rows pooled with the seeds below it of
+    the rows recorded when it started (``at_start``, default ``recorded``: the file is rewritten after every
+    run, so its own rows must not be pooled again), and a recorded row that has no new seed yet kept as it is."""
     key = lambda e: (e.get("dataset", "bccd"), e["name"])  # noqa: E731
     kept = [e for e in recorded if key(e) not in produced]
     mine = [e for e in rows if key(e) in produced]
     if first_seed:
-        by_key = {key(e): e for e in recorded}
+        by_key = {key(e): e for e in (recorded if at_start is None else at_start)}
         mine = [pooled(by_key.get(key(e)), e, first_seed) for e in mine]
         have = {key(e) for e in mine}
         kept += [e for e in recorded if key(e) in produced and key(e) not in have]
@@ -495,12 +494,14 @@ def main() -> int:
     t0 = time.time()
     dest.parent.mkdir(parents=True, exist_ok=True)
 
+    results = json.loads(dest.read_text()) if a.merge and dest.is_file() else []
+    at_start = list(results)  # what --first-seed pools with
+
     def write(rows: list[dict], produced: set) -> None:
         # --merge: keep the rows another invocation wrote (read again at every write: two may run side by side)
         recorded = json.loads(dest.read_text()) if a.merge and dest.is_file() else []
-        dest.write_text(json.dumps(merged(recorded, rows, produced, a.first_seed), indent=2) + "\n")
+        dest.write_text(json.dumps(merged(recorded, rows, produced, a.first_seed, at_start), indent=2) + "\n")
 
-    results = json.loads(dest.read_text()) if a.merge and dest.is_file() else []
     for dataset in a.datasets:
         results = run_dataset(a, dataset, results, write)
     print(f"\nmachine: {platform.machine()}, {torch.backends.cpu.get_cpu_capability()} kernels, "

@@ -38,9 +38,8 @@ def test_benchmark_pools_new_seeds_with_a_recorded_row():
     assert got["map_std"] == pytest.approx(torch.tensor(maps).std().item(), abs=1e-6)  # as if from the 5 values
     assert got["ap50_per_class_mean"]["a"] == pytest.approx(0.54) and got["wall_s"] == pytest.approx(84.0)
     assert got["map50_boot90_seed0"] == [0.3, 0.7]
-    # written again after the next run: pooled with the recorded seeds, not with itself
-    newer = {**new, "seeds": [3, 4, 5], "map50_per_seed": [0.45, 0.55, 0.5]}
-    assert bench_mod.pooled(got, newer, 3)["seeds"] == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(SystemExit, match="pooling needs every recorded seed below 3"):  # not with itself
+        bench_mod.pooled(got, new, 3)
     with pytest.raises(SystemExit, match="pooling needs every recorded seed below 2"):
         bench_mod.pooled(old, new, 2)
 
@@ -58,9 +57,12 @@ def test_a_results_write_keeps_other_rows_and_the_recorded_seeds():
     assert [(e["dataset"], e["name"], e["seeds"]) for e in first] == [
         ("bccd", "baseline", [0, 1, 2]), ("raccoon", "teacher", [0]), ("raccoon", "baseline", [0, 1, 2]),
         ("raccoon", "chen_kd", [0, 1, 2])]
-    second = bench_mod.merged(first, [row("teacher", [0]), row("baseline", [3])], produced, first_seed=3)
+    second = bench_mod.merged(first, [row("teacher", [0]), row("baseline", [3])], produced, 3, recorded)
     assert {e["name"]: e["seeds"] for e in second if e["dataset"] == "raccoon"} == {
         "teacher": [0], "baseline": [0, 1, 2, 3], "chen_kd": [0, 1, 2]}
+    # the next write, over the file the second one left: pooled with the seeds recorded at the start, not again
+    third = bench_mod.merged(second, [row("teacher", [0]), row("baseline", [3, 4])], produced, 3, recorded)
+    assert {e["name"]: e["seeds"] for e in third if e["dataset"] == "raccoon"}["baseline"] == [0, 1, 2, 3, 4]
     # without --first-seed a produced row replaces the recorded one
     plain = bench_mod.merged(recorded, [row("teacher", [0]), row("baseline", [0])], produced)
     assert {e["name"]: e["seeds"] for e in plain if e["dataset"] == "raccoon"} == {"teacher": [0], "baseline": [0]}

@@ -226,6 +226,28 @@ def make_variants(wl: Workload, folder: Path) -> tuple[dict, dict]:
     return runs, notes
 
 
+# the issue's targets: (variant, against, the least speed ratio) with speed ratio = against's time / variant's time
+TARGETS = {"(c)/(a)": ("hd_student", "hand_student", 0.95), "(d)/(b)": ("hd_kd", "hand_kd", 0.95),
+           "(f)/(f0)": ("hd_hint", "hand_hint", 0.95), "(e)/(c)": ("hd_kd_cached", "hd_student", 0.90),
+           "(e)/(i)": ("hd_kd_cached", "hand_kd_memory", 0.95), "(e1)/(d)": ("hd_kd_cache_fill", "hd_kd", 1.0),
+           "(d)/(g)": ("hd_kd", "td_kd", 1.0), "(f)/(h)": ("hd_hint", "td_hint", 1.0),
+           "A/A": ("aa_control", "hand_student", None)}
+
+
+def paired_ratios(times: dict[str, list[float]]) -> dict[str, dict]:
+    """Each target's speed ratio round by round, then its median and quartiles over the rounds. The two variants
+    of a round ran within one round of each other, so a change of the machine's load between rounds, which moves
+    every variant's median, cancels here."""
+    out = {}
+    for label, (kind, against, least) in TARGETS.items():
+        if times.get(kind) and times.get(against):
+            ratios = sorted(b / a for a, b in zip(times[kind], times[against], strict=True))
+            q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+            out[label] = {"variant": kind, "against": against, "target": least, "median": round(median, 3),
+                          "q1": round(q1, 3), "q3": round(q3, 3)}
+    return out
+
+
 def measure(wl: Workload, rounds: int, folder: Path) -> list[dict]:
     """Warm-up epoch per variant, then ``rounds`` interleaved timed epochs (each round in its own shuffled order);
     median images/s, peak RSS."""
@@ -245,6 +267,7 @@ def measure(wl: Workload, rounds: int, folder: Path) -> list[dict]:
             times[kind].append(time.perf_counter() - t0)
             peaks[kind] = max(peaks[kind], rss_peak_mb())
     images = wl.batch * wl.steps
+    paired = paired_ratios(times)
     out = []
     for kind in VARIANTS:
         row = {"workload": wl.name, "variant": kind, **notes.get(kind, {})}
@@ -252,6 +275,9 @@ def measure(wl: Workload, rounds: int, folder: Path) -> list[dict]:
             row.update(images_per_s=round(images / statistics.median(times[kind]), 1),
                        peak_rss_mb=round(peaks[kind], 1),
                        spread=round(max(times[kind]) / min(times[kind]) - 1, 3))
+            mine = {label: r for label, r in paired.items() if r["variant"] == kind}
+            if mine:
+                row["paired"] = mine
         out.append(row)
     return out
 
@@ -351,7 +377,22 @@ def table(rows: list[dict]) -> str:
         note = r.get("skipped", "") or (f"{r['bytes_per_sample']:g} B/sample" if "bytes_per_sample" in r else "")
         lines.append(f"| {r['workload']} | {r['variant']} | {r.get('images_per_s', '-')} | "
                      f"{r.get('peak_rss_mb', '-')} | {r.get('spread', '-')} | {note} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *target_table(rows)])
+
+
+def target_table(rows: list[dict]) -> list[str]:
+    """The targets' speed ratios: of the median images/s, and paired round by round (median, quartiles)."""
+    speed = {(r["workload"], r["variant"]): r.get("images_per_s") for r in rows}
+    lines = ["| workload | target | ratio of medians | paired by round: median (quartiles) | at least | met |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        for label, p in r.get("paired", {}).items():
+            a, b = speed.get((r["workload"], p["variant"])), speed.get((r["workload"], p["against"]))
+            of_medians = f"{a / b:.3f}" if a and b else "-"
+            met = "" if p["target"] is None else ("yes" if p["median"] >= p["target"] else "**no**")
+            lines.append(f"| {r['workload']} | {label} | {of_medians} | {p['median']:.3f} ({p['q1']:.3f}-{p['q3']:.3f}) "
+                         f"| {'' if p['target'] is None else p['target']} | {met} |")
+    return lines if len(lines) > 2 else []
 
 
 if __name__ == "__main__":

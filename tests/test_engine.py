@@ -122,12 +122,15 @@ def test_full_run_outputs_then_rerun_skips_finished_phases(tiny_recipe, no_repor
     assert len(read_metrics(out / "distilled" / "metrics.jsonl")) == 3
     assert [r["accuracy"] for r in summary2["rows"]] == [r["accuracy"] for r in summary["rows"]]
 
-    # a changed recipe in the same folder is refused, not silently answered with the old results
+    # a changed recipe in the same folder is refused, not silently answered with the old results, and the
+    # folder's recipe.yaml still describes the run it holds
+    recorded = (out / "recipe.yaml").read_text()
     tree["distill"][1]["epochs"] = 3
     with pytest.raises(ConfigError) as err:
         run(tree)
     assert "'distilled' phase trained with other settings" in str(err.value) and "--output-dir" in str(err.value)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/model.pt")} == stamp
+    assert (out / "recipe.yaml").read_text() == recorded
 
 
 def crash_at(monkeypatch, call: int):

@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from .. import report
+from ..atomic import atomic_write
 from ..build import build_data, instantiate, model_spec, portable_spec, with_teacher_anchors
 from ..checks import check_model_fits_data, check_num_classes  # issue 12
 from ..config import ModelConfig, Recipe
@@ -41,11 +42,22 @@ def run_recipe(recipe: Recipe, log=print) -> dict:
         cleanup(d)
 
 
+def record_recipe(run_dir, text: str, at_start: bool) -> None:
+    """The run folder's ``recipe.yaml``: written at the start into a new folder or over the same recipe, but over
+    another recipe only at the end, once every phase has accepted the folder. A rerun refused for changed settings
+    then leaves the record of the run the folder holds (which tools read to tell whether a run is finished)."""
+    path = run_dir / "recipe.yaml"
+    if at_start and path.is_file() and path.read_text() != text:
+        return
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     run_dir = recipe.run_dir()
+    recipe_text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        record_recipe(run_dir, recipe_text, at_start=True)
         log(f"run folder: {run_dir}  device: {device}  processes: {d.world}")
     data = build_data(recipe)
     # before any teacher trains: a student that cannot be built or predicts the wrong classes fails now
@@ -79,6 +91,7 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
     summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device),
                "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "rows": rows}
     if d.main:
+        record_recipe(run_dir, recipe_text, at_start=False)
         report.write_summary(summary, run_dir, data.kind, dropped_note(data.test_loader))  # issue 12
         log("\n" + report.markdown_table(rows, data.kind))
         log(f"\nwritten: {run_dir / 'summary.md'}")

@@ -94,16 +94,21 @@ def box_params(raw: torch.Tensor, spec: HeadSpec, cap: bool = True) -> torch.Ten
     return torch.cat([xy, t.exp()], dim=-1)
 
 
-def decode_level(raw: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
-    """One level's raw map ``[B, A, H, W, 5+C]`` → ``[B, A, H, W, 5+C]``: x1, y1, x2, y2 (input pixels),
-    objectness, class probabilities."""
+def decode_boxes(raw: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
+    """One level's raw map ``[B, A, H, W, 5+C]`` → its boxes ``[B, A, H, W, 4]``: x1, y1, x2, y2 (input pixels)."""
     _, _, h, w, _ = raw.shape
     p = box_params(raw, spec, cap=False)
     jj, ii = torch.meshgrid(torch.arange(h, device=raw.device), torch.arange(w, device=raw.device), indexing="ij")
     grid = torch.stack([ii, jj], dim=-1).to(p.dtype)
     xy = (p[..., :2] + grid) * spec.stride
     wh = p[..., 2:4] * spec.anchor_tensor(raw.device).to(p.dtype).view(1, -1, 1, 1, 2)
-    return torch.cat([xywh_to_xyxy(torch.cat([xy, wh], dim=-1)), raw[..., 4:].sigmoid()], dim=-1)
+    return xywh_to_xyxy(torch.cat([xy, wh], dim=-1))
+
+
+def decode_level(raw: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
+    """One level's raw map ``[B, A, H, W, 5+C]`` → ``[B, A, H, W, 5+C]``: x1, y1, x2, y2 (input pixels),
+    objectness, class probabilities."""
+    return torch.cat([decode_boxes(raw, spec), raw[..., 4:].sigmoid()], dim=-1)
 
 
 def decode(raw_maps: Sequence[torch.Tensor], specs: Sequence[HeadSpec]) -> torch.Tensor:

@@ -70,7 +70,7 @@ from torchvision.ops import box_iou
 
 from ..detection.assign import assign_targets, target_box_params
 from ..detection.boxes import box_params, ciou, paired_iou
-from ..detection.heads import HeadSpec, decode_level, describe, head_differences
+from ..detection.heads import HeadSpec, decode_boxes, describe, head_differences
 from ..detection.heads import box_params as head_box_params
 from ..detection.loss import (
     YoloLoss,
@@ -299,7 +299,7 @@ class ChenDetectionKD(Term):
         own box at the cell (in Chen's two-stage detector both classify the same proposal), and YOLO's hard
         objectness target is that box's IoU. Taught the teacher's confidence whatever its box, a student
         becomes sure of boxes that miss (raccoon: confident thin boxes inside the animal)."""
-        q = paired_iou(decode_level(s, self.heads[level])[..., :4], decode_level(t, self.teacher_heads[level])[..., :4])
+        q = paired_iou(decode_boxes(s, self.heads[level]), decode_boxes(t, self.teacher_heads[level]))
         log_q = torch.log(q).clamp(min=-1e4).unsqueeze(-1)  # log 0 as -1e4, as fm_nms does: exp gives 0
         foreground = log_pt[..., 1:] + log_q
         background = torch.log1p(-(q * -torch.expm1(log_pt[..., 0]))).clamp(min=-1e4)

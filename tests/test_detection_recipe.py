@@ -149,7 +149,7 @@ def test_detection_terms_are_built_from_recipe_entries_with_the_task_anchors():
     assert isinstance(chen, ChenDetectionKD) and chen.background_weight == 1.0 and chen.nu == 0.0
     assert chen.hard.obj_weight == 2.0 * chen.mu and chen.hard.cls_weight == 0.5 * chen.mu  # μ on the hard part
     hints = terms["neck_hints"][0]
-    assert isinstance(hints, NeckHints) and terms["neck_hints"][1] == 0.5  # γ = 0.5 by default
+    assert isinstance(hints, NeckHints) and terms["neck_hints"][1] == 0.05  # γ = 0.05 by default
 
 
 def test_chen_kd_and_detection_in_one_stage_is_refused():

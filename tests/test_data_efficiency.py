@@ -13,14 +13,14 @@ de = load_script("benchmarks/data_efficiency.py")
 
 
 def test_subset_recipe_scales_every_stage_and_its_anneal():
-    tree = yaml.safe_load((ROOT / "recipes/fashion_mnist_fitnets.yaml").read_text())  # hint 2 + kd 10 epochs
+    tree = yaml.safe_load((ROOT / "recipes/fashion_mnist_fitnets.yaml").read_text())  # hint 2 + kd 20 epochs
     tree["distill"][1]["terms"][1]["weight"] = {"start": 4.0, "end": 1.0, "epochs": 10}  # an annealed weight
     sub = de.subset_tree(tree, 1800, 50, "t.pt", 2, Path("o"))
     assert sub["data"]["train_subset"] == 1800 and sub["teacher"]["checkpoint"] == "t.pt" and sub["seed"] == 2
     assert sub["baseline"]["epochs"] == 50
-    assert [s["epochs"] for s in sub["distill"]] == [8, 42]  # 50 * 2/12 and 50 * 10/12, rounded
+    assert [s["epochs"] for s in sub["distill"]] == [5, 45]  # 50 * 2/22 and 50 * 20/22, rounded
     assert sub["distill"][1]["terms"][1]["weight"] == {"start": 4.0, "end": 1.0, "epochs": 42}
-    assert tree["distill"][1]["epochs"] == 10  # the recipe itself is untouched
+    assert tree["distill"][1]["epochs"] == 20  # the recipe itself is untouched
 
 
 @needs_fashion

@@ -19,7 +19,7 @@ def test_subset_recipe_scales_every_stage_and_its_anneal():
     assert sub["data"]["train_subset"] == 1800 and sub["teacher"]["checkpoint"] == "t.pt" and sub["seed"] == 2
     assert sub["baseline"]["epochs"] == 50
     assert [s["epochs"] for s in sub["distill"]] == [5, 45]  # 50 * 2/22 and 50 * 20/22, rounded
-    assert sub["distill"][1]["terms"][1]["weight"] == {"start": 4.0, "end": 1.0, "epochs": 42}
+    assert sub["distill"][1]["terms"][1]["weight"] == {"start": 4.0, "end": 1.0, "epochs": 45}
     assert tree["distill"][1]["epochs"] == 20  # the recipe itself is untouched
 
 

@@ -55,11 +55,9 @@ PINNED = ("at", "dkd", "at_kd")
 
 def with_terms(tree: dict, name: str, terms: list[dict], epochs: int | None = None) -> dict:
     """``tree`` (one KD stage) with the stage's name and terms replaced; the optimizer stays, and the schedule
-    too unless ``epochs`` is given (then the baseline's and the stage's epochs are both set to it)."""
+    too unless ``epochs`` is given."""
     stage = dict(tree["distill"][0], name=name, terms=terms)
-    if epochs is None:
-        return dict(tree, distill=[stage])
-    return dict(tree, baseline=dict(tree["baseline"], epochs=epochs), distill=[dict(stage, epochs=epochs)])
+    return dict(tree, distill=[stage if epochs is None else dict(stage, epochs=epochs)])
 
 
 def variants(pair: str, base: dict) -> dict[str, dict]:
@@ -96,10 +94,10 @@ def teacher_models(run: Path, n: int) -> list[str]:
 
 def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = None,
              teacher_run: Path | None = None, baseline: bool = True) -> dict[str, list[dict]]:
-    """Train (or find finished) every row of ``pair`` for each seed; ``only`` keeps those rows (the teacher and
-    the baseline come with the first row run, whichever it is). With ``teacher_run`` (a run folder of the same
-    pair) its trained teachers are loaded instead, so that other processes can take other seeds or rows;
-    ``baseline=False`` trains no baseline (one process trains it, the others add rows)."""
+    """Train (or find finished) every row of ``pair`` for each seed; ``only`` keeps those rows (the teacher comes
+    with the first row run, the baseline with the first one not pinned to an old schedule). With ``teacher_run`` (a
+    run folder of the same pair) its trained teachers are loaded instead, so that other processes can take other
+    seeds or rows; ``baseline=False`` trains no baseline (one process trains it, the others add rows)."""
     base = yaml.safe_load((ROOT / PAIRS[pair]).read_text())
     rows: dict[str, list[dict]] = {}
     teacher_ckpts = teacher_models(teacher_run, len(teacher_configs(base))) if teacher_run else None
@@ -111,8 +109,8 @@ def run_pair(pair: str, seeds: list[int], out: Path, only: list[str] | None = No
         for i, (row, tree) in enumerate(chosen.items()):
             tree = json.loads(json.dumps(tree))
             tree.update(seed=seed, name=f"{pair}-{row}-seed{seed}", output_dir=str(out / pair / row / f"seed{seed}"))
-            if i > 0 or not baseline:
-                tree["baseline"] = None
+            if i > 0 or not baseline or (pair == "cnn" and row in PINNED):
+                tree["baseline"] = None  # one baseline per seed, on the recipe's schedule (not a pinned row's)
             if teacher_ckpts:
                 for cfg, ckpt in zip(teacher_configs(tree), teacher_ckpts, strict=True):
                     cfg["checkpoint"] = ckpt

@@ -405,8 +405,8 @@ class NeckHints(Term):
     class Config(TermConfig):
         """Hints on the detector's neck levels through adaptation layers (Chen et al.; Wang et al. mask)."""
 
-        # γ: 0.05 because the mean reduction's hints started near the detection loss there, where 0.5 started at
-        # 10x it and put every raccoon seed below its baseline (benchmarks/RESULTS.md, issue 13)
+        # γ 0.05: with the mean reduction the hints then start near the detection loss's size on raccoon; at 0.5
+        # they started at 10x it and put every raccoon seed below its baseline (benchmarks/RESULTS.md, issue 13)
         weight: Weight = 0.05
         levels: list[tuple[str, str]] = NECK_LEVELS
         distance: Literal["l2", "l1"] = "l2"

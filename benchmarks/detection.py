@@ -369,7 +369,16 @@ def markdown(results: list[dict]) -> str:
 
 
 # Student's t, 95% one-sided (a two-sided 90% interval), by degrees of freedom
-T_90 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812}
+T_90 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812,
+        11: 1.796, 12: 1.782, 13: 1.771, 14: 1.761, 15: 1.753, 16: 1.746, 17: 1.740, 18: 1.734, 19: 1.729,
+        20: 1.725, 25: 1.708, 30: 1.697}  # the normal's 1.645 past 30; a missing df takes the next one below
+
+
+def t_90(df: int) -> float:
+    """Student's t for a two-sided 90% interval with ``df`` degrees of freedom (the table's entry at or below)."""
+    if df > 30:
+        return 1.645
+    return T_90[max(k for k in T_90 if k <= df)]
 
 
 def paired(row: dict, baseline: dict) -> str:
@@ -380,7 +389,7 @@ def paired(row: dict, baseline: dict) -> str:
              if k in base]
     if len(diffs) < 2:
         return ""
-    mean, half = statistics.mean(diffs), T_90.get(len(diffs) - 1, 1.645) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    mean, half = statistics.mean(diffs), t_90(len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
     return (f" Paired by seed: {' / '.join(f'{d:+.1f}' for d in diffs)} points, better on "
             f"{sum(d > 0 for d in diffs)} of {len(diffs)} seeds, mean {mean:+.1f} (90% interval {mean - half:+.1f} "
             f"to {mean + half:+.1f}).")

@@ -25,6 +25,16 @@ def test_benchmark_pairs_a_row_with_its_baseline_seed_by_seed():
     assert bench_mod.paired({"seeds": [0], "map50_per_seed": [0.7]}, base) == ""  # one seed: no interval
 
 
+def test_the_interval_uses_students_t_for_15_seeds_not_the_normal():
+    bench_mod = bench_module()
+    assert bench_mod.t_90(2) == 2.920 and bench_mod.t_90(14) == 1.761
+    assert bench_mod.t_90(22) == 1.725 and bench_mod.t_90(31) == 1.645  # the entry below (wider); the normal past 30
+    base = {"seeds": list(range(15)), "map50_per_seed": [0.5] * 15}
+    row = {"seeds": list(range(15)), "map50_per_seed": [0.5 + d / 100 for d in [1, 3] * 7 + [2]]}
+    # differences +1/+3 x7 and +2: mean 2.0, std 1.0351 -> half-width 1.761 * 1.0351 / sqrt(15) = 0.47
+    assert bench_mod.paired(row, base).endswith("mean +2.0 (90% interval +1.5 to +2.5).")
+
+
 def test_benchmark_pools_new_seeds_with_a_recorded_row():
     bench_mod = bench_module()
     maps = [0.20, 0.25, 0.30, 0.22, 0.28]  # mAP@[.5:.95] of five seeds

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 from .sanity import scan_images
-from .workers import ignore_stop_signals
 
 DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
 TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -311,6 +310,5 @@ def image_folder_loader(root: str, batch_size: int, train: bool, image_size: int
         sampler = torch.utils.data.distributed.DistributedSampler(ds, world, rank, shuffle=train, seed=seed)
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(ds, batch_size, shuffle=train and sampler is None, sampler=sampler,
-                                         num_workers=workers, generator=g, pin_memory=torch.cuda.is_available(),
-                                         worker_init_fn=ignore_stop_signals)
+                                         num_workers=workers, generator=g, pin_memory=torch.cuda.is_available())
     return loader, ds.classes

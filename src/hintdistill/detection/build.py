@@ -22,7 +22,6 @@ from ..config import AUGMENT_BY_TASK, Recipe, SyntheticConfig
 from ..data.synthetic import ensure_synthetic, synthetic_classes
 from ..data.task import TaskData, first_examples
 from ..data.voc import CocoDetection, DetectionDataset, VOCDetection, detection_collate
-from ..data.workers import ignore_stop_signals
 from ..data.yolo_txt import YoloTxtDetection
 from ..errors import ConfigError, DataError
 from .anchors import kmeans_anchors
@@ -99,7 +98,7 @@ class EpochLoader:
         self.sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed) if world > 1 else None
         self.loader = DataLoader(dataset, batch_size, shuffle=shuffle and self.sampler is None,
                                  sampler=self.sampler, generator=self.generator, num_workers=workers,
-                                 collate_fn=detection_collate, drop_last=False, worker_init_fn=ignore_stop_signals,
+                                 collate_fn=detection_collate, drop_last=False,
                                  pin_memory=torch.cuda.is_available())  # page-locked: async host-to-GPU copies
 
     def set_epoch(self, epoch: int) -> None:
@@ -144,7 +143,7 @@ def build_detection_data(recipe: Recipe) -> TaskData:
     anchor_list = [[round(float(v), 2) for v in wh] for wh in anchors]
     eval_batch = recipe.eval_batch_size if "eval_batch_size" in recipe.model_fields_set else DEFAULT_EVAL_BATCH
     test_loader = DataLoader(test_set, eval_batch, shuffle=False, num_workers=d.workers,
-                             collate_fn=detection_collate, worker_init_fn=ignore_stop_signals)
+                             collate_fn=detection_collate)
 
     def train_loader(batch_size: int, augment, seed: int, rank: int, world: int,
                      subset: int | None = None) -> EpochLoader:

@@ -220,6 +220,53 @@ def test_signal_saves_at_the_step_boundary_and_resumes_to_the_same_numbers(
         numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
 
 
+def test_a_stop_during_a_test_pass_whose_loader_dies_saves_the_epoch_and_resumes_to_the_same_numbers(
+        tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch, no_report):
+    # SIGTERM to the process group (kill -- -PGID, a scheduler) during a test pass: the test loader's workers die
+    # with the main process's request, and the loader fails; the stage saves its finished epoch instead of crashing
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tree = fitnets(tiny_recipe)
+    run(tree)
+    expected = weights(tmp_path / "run" / "distilled" / "model.pt")
+
+    tree["output_dir"] = str(tmp_path / "stopped")
+    ckpt = tmp_path / "stopped" / "distilled" / "checkpoint.pt"
+    evaluate, calls = Stage.evaluate, {"n": 0}
+
+    def dying_test_pass(self, epoch):
+        calls["n"] += 1
+        if self.label == "distilled/kd" and epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated.")
+        return evaluate(self, epoch)
+
+    with monkeypatch.context() as m, stop_at_step_boundary():
+        m.setattr(Stage, "evaluate", dying_test_pass)
+        with pytest.raises(Interrupted) as err:
+            run(tree)
+    assert str(err.value) == f"[distilled/kd] stopped by SIGTERM after epoch 1, step 8/8; saved {ckpt}"
+    assert err.value.exit_code == 143
+    state = safe_load(ckpt)
+    assert (state["stage"], state["epoch"], state["step"]) == (1, 0, STEPS_PER_EPOCH)
+    _, log = run(tree)  # resumes at the end of the epoch: tests it, then goes on
+    assert any(f"resuming from {ckpt} at epoch 0, step {STEPS_PER_EPOCH}" in line for line in log)
+    assert_same_weights(weights(tmp_path / "stopped" / "distilled" / "model.pt"), expected)
+    assert numbers(tmp_path / "stopped" / "distilled" / "metrics.jsonl") == \
+        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
+
+
+def test_a_failure_after_a_stop_request_ends_the_run_as_stopped_not_as_a_bug():
+    # outside any stage's boundary (a teacher's evaluation, the report): the run ends as stopped, with the cause
+    with pytest.raises(Interrupted, match=r"stopped by SIGTERM before the next step boundary \(RuntimeError: "
+                                          r"worker gone\); the last saved checkpoint is kept") as err:
+        with stop_at_step_boundary():
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("worker gone")
+    assert err.value.exit_code == 143
+    with pytest.raises(RuntimeError, match="a real bug"), stop_at_step_boundary():
+        raise RuntimeError("a real bug")  # no stop asked: the error is the error
+
+
 def test_sigterm_through_the_command_line_exits_143_with_the_command_to_resume(tmp_path, tiny_recipe,
                                                                               teacher_checkpoint, monkeypatch,
                                                                               no_report, capsys):

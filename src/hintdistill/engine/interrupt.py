@@ -1,6 +1,13 @@
 """Ctrl-C (SIGINT) and SIGTERM during ``hintdistill run`` (issue 12): the signal only asks; the stage finishes its
 current step, saves a checkpoint at that step boundary and raises ``Interrupted``, which the command line turns
-into a message saying how to resume and exit 128 + the signal (130, 143). A second signal stops at once."""
+into a message saying how to resume and exit 128 + the signal (130, 143). A second signal stops at once.
+
+The data-loader workers get the same signal when the whole process group is signalled (Ctrl-C on a terminal,
+``kill -- -PGID``, a batch scheduler). PyTorch's SIGCHLD handler would then raise "DataLoader worker killed by
+signal" at whatever line the main process was running (a convolution, a test pass). After a stop request that
+handler is set aside: the loader reports its dead worker at its next batch, where ``batches`` (training) and
+``stop_may_end_it`` (test passes) turn it into ``LoaderStopped``, and the stage saves at its last boundary. Any
+other failure that follows a stop request ends the run as stopped, keeping the last saved checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..errors import HintDistillError, Interrupted
 from .distributed import Dist, all_reduce_sum
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -36,15 +44,28 @@ def stop_at_step_boundary() -> Iterator[None]:
         yield
         return
 
+    child = getattr(signal, "SIGCHLD", None)  # not on Windows
+    previous = {}
+
     def ask(signum, _frame):
         if STOP.signum is not None:  # asked twice: the user does not want to wait for the step to finish
             raise KeyboardInterrupt
         STOP.signum = signum
+        if child is not None:  # a worker killed by this same signal is expected now, not an error to raise anywhere
+            previous.setdefault(child, signal.signal(child, lambda *_: None))
 
-    previous = {s: signal.signal(s, ask) for s in SIGNALS}
+    previous.update({s: signal.signal(s, ask) for s in SIGNALS})
     STOP.signum = None
     try:
         yield
+    except (Interrupted, HintDistillError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if STOP.signum is None:
+            raise
+        name = signal.Signals(STOP.signum).name
+        raise Interrupted(STOP.signum, f"stopped by {name} before the next step boundary ({type(e).__name__}: {e}); "
+                                       f"the last saved checkpoint is kept") from e
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -57,6 +78,20 @@ def stop_requested(d: Dist, device: torch.device) -> int | None:
         return STOP.signum
     flag = all_reduce_sum(torch.tensor([float(STOP.signum is not None)], device=device), d)
     return STOP.signum or (signal.SIGTERM if float(flag) > 0 else None)
+
+
+@contextmanager
+def stop_may_end_it() -> Iterator[None]:
+    """Around a test pass: a failure after a stop request (its loader's worker killed by the same signal) becomes
+    ``LoaderStopped``, for the stage to save where its epoch ended."""
+    try:
+        yield
+    except LoaderStopped:
+        raise
+    except Exception as e:
+        if STOP.signum is None:
+            raise
+        raise LoaderStopped from e
 
 
 def batches(loader: Iterable) -> Iterator:

@@ -35,7 +35,7 @@ from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
 from .ema import WeightAverage
 from .fuse import fused_copy
-from .interrupt import LoaderStopped, batches, stop_requested
+from .interrupt import LoaderStopped, batches, stop_may_end_it, stop_requested
 from .logging import MetricsLog
 from .loop import Phase, make_optimizer, make_scheduler, phase_fingerprint, set_trainable, to_device
 from .progress import LearningWatch
@@ -264,7 +264,12 @@ class Stage:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 means, train_s = self.run_epoch(epoch)
                 t.elapsed += train_s
-                tested = self.evaluate(epoch)
+                try:
+                    with stop_may_end_it():
+                        tested = self.evaluate(epoch)
+                except LoaderStopped:  # stopped during the test pass: saved as the epoch's last step boundary
+                    self.stop_if_asked(epoch, *self.epoch_end)
+                    raise
                 self.log_epoch(epoch, means, train_s, tested)
                 self.checkpoint(epoch)
             if self.ema is not None:
@@ -303,7 +308,10 @@ class Stage:
             raise
         if self.cache is not None:
             self.cache.flush()  # the epoch's rows become verified blocks only now
-        return {k: float(v) / max(steps, 1) for k, v in sums.items()}, seconds + time.perf_counter() - t0
+        seconds += time.perf_counter() - t0
+        self.epoch_end = done, sums, steps, seconds  # what a stop during the test pass saves
+        return {k: float(v) / max(steps, 1) for k, v in sums.items()}, seconds
+
     def epoch_start(self, epoch: int) -> tuple[dict[str, float], int, int, float]:
         """Running sums, steps, first step and seconds of an epoch: zero, or where an interruption left them."""
         self.guard.in_epoch = 0
@@ -311,6 +319,8 @@ class Stage:
             return {}, 0, 0, 0.0
         p = self.partial
         self.guard.in_epoch, self.guard.in_row = int(p["nonfinite"]), int(p["in_row"])
+        # the weights' schedule where the last trained step left it (what the epoch logs if no step is left)
+        self.distiller.set_epoch(epoch + (self.start_step - 1) / len(self.loader))
         return dict(p["sums"]), int(p["steps"]), self.start_step, float(p["seconds"])
 
     def stop_if_asked(self, epoch: int, done: int, sums: dict[str, float], steps: int, seconds: float) -> None:

@@ -495,3 +495,31 @@ def test_an_ensemble_of_teachers_gets_its_own_row_from_the_average_of_their_prob
     assert rows["ensemble"]["errors"] == wrong
     assert rows["ensemble"]["params"] == rows["teacher_0"]["params"] + rows["teacher_1"]["params"]
     assert rows["teacher_0"]["errors"] != rows["teacher_1"]["errors"]  # seeded apart: two different members
+
+
+def test_bn_frozen_epochs_train_the_last_epochs_with_batchnorm_in_eval_mode(tiny_recipe, teacher_checkpoint,
+                                                                             monkeypatch, no_report):
+    """``bn_frozen_epochs: 1`` of 2: epoch 1 trains with batch statistics and moves the running ones; epoch 2
+    normalises with the running statistics, leaves them as they were, and still trains the BN weights."""
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tiny_recipe["distill"][0]["bn_frozen_epochs"] = 1
+    seen = []
+    step = Stage.step
+
+    def watching(self, epoch, s, x, y):
+        bns = [m for m in self.student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        seen.append((epoch, {m.training for m in bns}, bns[0].running_mean.clone(), bns[0].weight.detach().clone()))
+        return step(self, epoch, s, x, y)
+
+    monkeypatch.setattr(Stage, "step", watching)
+    run(tiny_recipe)
+    assert [e for e, *_ in seen] == [0] * STEPS_PER_EPOCH + [1] * STEPS_PER_EPOCH
+    assert all(modes == {True} for e, modes, *_ in seen if e == 0)
+    assert all(modes == {False} for e, modes, *_ in seen if e == 1)
+    epoch2 = [r for e, _, r, _ in seen if e == 1]
+    assert not torch.equal(seen[0][2], epoch2[0])  # epoch 1 moved the running statistics
+    assert all(torch.equal(epoch2[0], r) for r in epoch2)  # epoch 2 did not
+    final = weights(Path(tiny_recipe["output_dir"]) / "distilled" / "model.pt")
+    first_bn = next(k for k in final if k.endswith("running_mean"))
+    assert torch.equal(final[first_bn], epoch2[0])
+    assert not torch.equal(final[first_bn.replace("running_mean", "weight")], seen[STEPS_PER_EPOCH][3])

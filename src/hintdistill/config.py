@@ -74,6 +74,9 @@ class TrainConfig(Strict):
     ema: float | None = Field(None, gt=0, lt=1, description="keep a moving average of the weights with this decay "
                               "cap (ramped as (1+t)/(10+t)), test it and keep it as the model (engine/ema.py); "
                               "e.g. 0.9999. Unset: the trained weights as they are")
+    bn_frozen_epochs: int = Field(0, ge=0, description="train the last N epochs with the model's BatchNorm layers in "
+                                  "eval mode: their running statistics fixed and used, as at test time, while the "
+                                  "affine weights still learn; 0: off")
 
 
 def _yaml_switch(value: Any) -> Any:

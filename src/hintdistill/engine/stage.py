@@ -121,6 +121,14 @@ class PhaseTrainer:
         return results
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Every BatchNorm of ``model`` in eval mode (``bn_frozen_epochs``): normalised by its running statistics, which
+    stop moving, as at test time; its weight and bias still train."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 class Stage:
     """One stage of a phase: its own terms, trainable modules, optimizer and LR schedule."""
 
@@ -282,6 +290,8 @@ class Stage:
         """One pass over the training data; returns the mean of every logged loss and the seconds it took."""
         t0 = time.perf_counter()
         self.distiller.train()
+        if epoch >= self.cfg.epochs - self.cfg.bn_frozen_epochs:
+            freeze_batchnorm(self.student)
         self.loader.set_epoch(self.first_epoch + epoch)
         sums, steps, start, seconds = self.epoch_start(epoch)
         bar = tqdm(batches(self.loader), total=len(self.loader), desc=f"{self.label} {epoch + 1}/{self.cfg.epochs}",

@@ -196,6 +196,9 @@ class Bench:
         self.teacher_epochs = scaled(self.base["teacher"]["train"]["epochs"], a.epochs_scale, a.teacher_epochs)
         self.student_epochs = scaled(self.base["distill"][0]["epochs"], a.epochs_scale, a.student_epochs)
         extra = "".join(f"_{SUFFIX[k]}{v}" for k, v in self.overrides.items())
+        # students only (the teacher is shared): their last N epochs with BatchNorm in eval mode
+        self.bn_frozen = a.bn_frozen_epochs
+        extra += f"_bnf{a.bn_frozen_epochs}" if a.bn_frozen_epochs is not None else ""
         teacher = f"_{a.teacher_size}" if a.teacher_size else ""
         self.out = (Path(a.out) / dataset /
                     f"s{self.size}_t{self.teacher_epochs}{teacher}_e{self.student_epochs}{subsets}{extra}")
@@ -271,6 +274,8 @@ class Bench:
             tree["student"] = copy.deepcopy(STUDENT_MODELS[row])
         stage = self.with_epochs(self.base["distill"][0], self.student_epochs)
         stage.update(name="train" if STUDENT_ROWS[row][1] == [DET] else "distill", terms=copy.deepcopy(terms))
+        if self.bn_frozen is not None:
+            stage["bn_frozen_epochs"] = self.bn_frozen
         if tree["student"]["name"] == "darknet":
             stage.update(darknet_stage(DARKNET_RECIPE["distill"][0]))
         tree["distill"] = [stage]
@@ -490,6 +495,9 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=None,
                    help="test every N epochs (the last epoch always; default: the recipe's)")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (default: the recipe's)")
+    p.add_argument("--bn-frozen-epochs", type=int, default=None,
+                   help="students train their last N epochs with BatchNorm in eval mode (default: the recipe's); "
+                        "the run folder gets _bnfN, and its teacher is looked up there (link or copy it)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: with 2 threads a training step was 3-7x slower while other "
                         "jobs shared the 2 cores)")

@@ -98,7 +98,7 @@ def test_a_finished_run_reports_the_cpu_kernels_it_ran_with(tmp_path):
     bench_mod = bench_module()
     args = argparse.Namespace(teacher_size=None, input_size=192, workers=None, batch_size=None, eval_every=None,
                               train_subset=None, test_subset=None, epochs_scale=1.0, teacher_epochs=None,
-                              student_epochs=None, out=str(tmp_path))
+                              student_epochs=None, out=str(tmp_path), bn_frozen_epochs=None)
     tree = bench_mod.Bench(args, "raccoon").student_tree("baseline", 0)
     recipe = recipe_from_dict(tree)
     folder = recipe.run_dir()
@@ -109,3 +109,18 @@ def test_a_finished_run_reports_the_cpu_kernels_it_ran_with(tmp_path):
         summary = {"rows": [row], **({"cpu_kernels": recorded} if recorded else {})}
         (folder / "summary.json").write_text(json.dumps(summary))
         assert bench_mod.run(tree)["rows"] == [{**row, "cpu_kernels": expected}]
+
+
+def test_bn_frozen_epochs_reach_the_students_only_and_name_the_run_folder(tmp_path):
+    import argparse
+
+    bench_mod = bench_module()
+    args = argparse.Namespace(teacher_size="s", input_size=192, workers=None, batch_size=8, eval_every=5,
+                              train_subset=None, test_subset=None, epochs_scale=1.0, teacher_epochs=60,
+                              student_epochs=30, out=str(tmp_path), bn_frozen_epochs=5)
+    bench = bench_mod.Bench(args, "raccoon")
+    assert bench.out.name == "s192_t60_s_e30_bs8_ee5_bnf5"
+    assert bench.student_tree("chen_kd", 3)["distill"][0]["bn_frozen_epochs"] == 5
+    assert "bn_frozen_epochs" not in bench.teacher_tree("teacher")["teacher"]["train"]
+    args.bn_frozen_epochs = None  # the recipe's own setting, and the folder of the runs before the option
+    assert bench_mod.Bench(args, "raccoon").out.name == "s192_t60_s_e30_bs8_ee5"

@@ -191,19 +191,31 @@ def numbers(path):
     return [{k: v for k, v in r.items() if k != "epoch_s"} for r in read_metrics(path)]
 
 
+def run_then_aim_at_stopped(tmp_path, tiny_recipe, teacher_checkpoint):
+    """The FitNets tree run uninterrupted (its weights expected of any resumed run), then pointed at ``stopped``."""
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tree = fitnets(tiny_recipe)
+    run(tree)
+    expected = weights(tmp_path / "run" / "distilled" / "model.pt")
+    tree["output_dir"] = str(tmp_path / "stopped")
+    return tree, expected, tmp_path / "stopped" / "distilled" / "checkpoint.pt"
+
+
+def assert_resumes_to_the_same_numbers(tmp_path, tree, ckpt, expected, epoch: int, step: int):
+    _, log = run(tree)
+    assert any(f"resuming from {ckpt} at epoch {epoch}, step {step}" in line for line in log)
+    assert_same_weights(weights(tmp_path / "stopped" / "distilled" / "model.pt"), expected)
+    assert numbers(tmp_path / "stopped" / "distilled" / "metrics.jsonl") == \
+        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
+
+
 @pytest.mark.parametrize("call, signum, stopped", [
     (4, signal.SIGTERM, "[distilled/hint] stopped by SIGTERM after epoch 1, step 4/8"),    # stage 1, epoch 1
     (STEPS_PER_EPOCH * 2 + 3, signal.SIGINT, "[distilled/kd] stopped by SIGINT after epoch 2, step 3/8"),
 ])
 def test_signal_saves_at_the_step_boundary_and_resumes_to_the_same_numbers(
         tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch, no_report, call, signum, stopped):
-    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
-    tree = fitnets(tiny_recipe)
-    run(tree)
-    expected = weights(tmp_path / "run" / "distilled" / "model.pt")
-
-    tree["output_dir"] = str(tmp_path / "stopped")
-    ckpt = tmp_path / "stopped" / "distilled" / "checkpoint.pt"
+    tree, expected, ckpt = run_then_aim_at_stopped(tmp_path, tiny_recipe, teacher_checkpoint)
     with monkeypatch.context() as m, stop_at_step_boundary():
         signal_at(m, call, signum)
         with pytest.raises(Interrupted) as err:
@@ -213,24 +225,14 @@ def test_signal_saves_at_the_step_boundary_and_resumes_to_the_same_numbers(
     state = safe_load(ckpt)
     epoch, step = (0, 4) if call == 4 else (1, 3)
     assert (state["stage"], state["epoch"], state["step"]) == ((0 if call == 4 else 1), epoch, step)
-    _, log = run(tree)
-    assert any(f"resuming from {ckpt} at epoch {epoch}, step {step}" in line for line in log)
-    assert_same_weights(weights(tmp_path / "stopped" / "distilled" / "model.pt"), expected)
-    assert numbers(tmp_path / "stopped" / "distilled" / "metrics.jsonl") == \
-        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
+    assert_resumes_to_the_same_numbers(tmp_path, tree, ckpt, expected, epoch, step)
 
 
 def test_a_stop_during_a_test_pass_whose_loader_dies_saves_the_epoch_and_resumes_to_the_same_numbers(
         tmp_path, tiny_recipe, teacher_checkpoint, monkeypatch, no_report):
     # SIGTERM to the process group (kill -- -PGID, a scheduler) during a test pass: the test loader's workers die
     # with the main process's request, and the loader fails; the stage saves its finished epoch instead of crashing
-    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
-    tree = fitnets(tiny_recipe)
-    run(tree)
-    expected = weights(tmp_path / "run" / "distilled" / "model.pt")
-
-    tree["output_dir"] = str(tmp_path / "stopped")
-    ckpt = tmp_path / "stopped" / "distilled" / "checkpoint.pt"
+    tree, expected, ckpt = run_then_aim_at_stopped(tmp_path, tiny_recipe, teacher_checkpoint)
     evaluate, calls = Stage.evaluate, {"n": 0}
 
     def dying_test_pass(self, epoch):
@@ -248,11 +250,8 @@ def test_a_stop_during_a_test_pass_whose_loader_dies_saves_the_epoch_and_resumes
     assert err.value.exit_code == 143
     state = safe_load(ckpt)
     assert (state["stage"], state["epoch"], state["step"]) == (1, 0, STEPS_PER_EPOCH)
-    _, log = run(tree)  # resumes at the end of the epoch: tests it, then goes on
-    assert any(f"resuming from {ckpt} at epoch 0, step {STEPS_PER_EPOCH}" in line for line in log)
-    assert_same_weights(weights(tmp_path / "stopped" / "distilled" / "model.pt"), expected)
-    assert numbers(tmp_path / "stopped" / "distilled" / "metrics.jsonl") == \
-        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
+    # resumes at the end of the epoch: tests it, then goes on
+    assert_resumes_to_the_same_numbers(tmp_path, tree, ckpt, expected, 0, STEPS_PER_EPOCH)
 
 
 def test_a_failure_after_a_stop_request_ends_the_run_as_stopped_not_as_a_bug():

@@ -71,7 +71,7 @@ def test_benchmark_darknet_rows_are_valid_recipes_on_yolo_txt_data(tmp_path):
     bench_mod = load_script("benchmarks/detection.py")
     args = argparse.Namespace(teacher_size=None, input_size=192, workers=None, batch_size=None, eval_every=None,
                               train_subset=None, test_subset=None, epochs_scale=1.0, teacher_epochs=None,
-                              student_epochs=None, out=str(tmp_path))
+                              student_epochs=None, out=str(tmp_path), bn_frozen_epochs=None)
     bench = bench_mod.Bench(args, "bccd")
     trees = {"darknet_teacher": bench.teacher_tree("darknet_teacher"),
              **{row: bench.student_tree(row, 0) for row in ("darknet_student", "darknet_student_kd",

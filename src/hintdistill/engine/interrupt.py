@@ -58,7 +58,7 @@ def stop_at_step_boundary() -> Iterator[None]:
     STOP.signum = None
     try:
         yield
-    except (Interrupted, HintDistillError, KeyboardInterrupt):
+    except (Interrupted, HintDistillError):  # already the run's own ending
         raise
     except Exception as e:
         if STOP.signum is None:
@@ -82,8 +82,8 @@ def stop_requested(d: Dist, device: torch.device) -> int | None:
 
 @contextmanager
 def stop_may_end_it() -> Iterator[None]:
-    """Around a test pass: a failure after a stop request (its loader's worker killed by the same signal) becomes
-    ``LoaderStopped``, for the stage to save where its epoch ended."""
+    """Around a loader's next batch or a test pass: a failure after a stop request (a worker killed by the same
+    signal) becomes ``LoaderStopped``, for the stage to save at its last boundary."""
     try:
         yield
     except LoaderStopped:
@@ -99,12 +99,11 @@ def batches(loader: Iterable) -> Iterator:
     becomes ``LoaderStopped``, so the stage still saves at the last step boundary."""
     iterator = iter(loader)
     while True:
-        try:
-            item = next(iterator)
-        except StopIteration:
+        with stop_may_end_it():
+            item = next(iterator, _END)
+        if item is _END:
             return
-        except Exception as e:
-            if STOP.signum is None:
-                raise
-            raise LoaderStopped from e
         yield item
+
+
+_END = object()

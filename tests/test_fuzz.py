@@ -7,8 +7,10 @@ RELIABILITY.md. The examples are generated, so each test can fail: a reader that
 KeyError through fails it, and hypothesis prints the smallest input that does so.
 """
 
+import atexit
 import copy
 import io
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -32,7 +34,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 SMALL = settings(FUZZ, max_examples=100)
-WORK = Path(tempfile.mkdtemp(prefix="hintdistill-fuzz-"))
+WORK = Path(tempfile.mkdtemp(prefix="hintdistill-fuzz-"))  # module-wide: hypothesis examples cannot take tmp_path
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 
 # -- values a recipe could hold, and some it should not ------------------------------------------------------
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),

@@ -20,6 +20,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  # the CUDA build of the pair takes about 5.5 GB in the venv (more while downloaded wheels unpack)
+  for d in . "${TMPDIR:-/tmp}"; do
+    free_gb=$(df -Pk "$d" | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [ "$free_gb" -lt 6 ]; then
+      echo "setup: only ${free_gb} GB free on $(df -P "$d" | awk 'NR == 2 {print $6}') ($d); PyTorch needs about 6 GB." \
+           "Free some space (or point TMPDIR at a larger disk) and run this again." >&2
+      exit 1
+    fi
+  done
   # torch 2.14.1 / torchvision 0.29.1 are a matched pair (other torchvision builds fail to import with it).
   .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi

@@ -196,12 +196,14 @@ class Bench:
         self.teacher_epochs = scaled(self.base["teacher"]["train"]["epochs"], a.epochs_scale, a.teacher_epochs)
         self.student_epochs = scaled(self.base["distill"][0]["epochs"], a.epochs_scale, a.student_epochs)
         extra = "".join(f"_{SUFFIX[k]}{v}" for k, v in self.overrides.items())
+        teacher = f"_{a.teacher_size}" if a.teacher_size else ""
+        # the teachers' folder: settings that change only the students leave it out of its name
+        self.teacher_out = (Path(a.out) / dataset /
+                            f"s{self.size}_t{self.teacher_epochs}{teacher}_e{self.student_epochs}{subsets}{extra}")
         # students only (the teacher is shared): their last N epochs with BatchNorm in eval mode
         self.bn_frozen = a.bn_frozen_epochs
-        extra += f"_bnf{a.bn_frozen_epochs}" if a.bn_frozen_epochs is not None else ""
-        teacher = f"_{a.teacher_size}" if a.teacher_size else ""
-        self.out = (Path(a.out) / dataset /
-                    f"s{self.size}_t{self.teacher_epochs}{teacher}_e{self.student_epochs}{subsets}{extra}")
+        self.out = self.teacher_out.with_name(self.teacher_out.name + (
+            f"_bnf{a.bn_frozen_epochs}" if a.bn_frozen_epochs is not None else ""))
         self.teacher_ckpt: dict[str, str] = {}
 
     def with_epochs(self, stage: dict, epochs: int) -> dict:
@@ -233,7 +235,7 @@ class Bench:
 
     def teacher_tree(self, which: str) -> dict:
         """The recipe tree that trains teacher ``which`` (and no student)."""
-        tree = self.tree(f"{self.dataset}-{which}", self.out / which, 0)
+        tree = self.tree(f"{self.dataset}-{which}", self.teacher_out / which, 0)
         tree["teacher"]["train"] = self.with_epochs(tree["teacher"]["train"], self.teacher_epochs)
         if which in TEACHER_MODELS:
             tree["teacher"].update(copy.deepcopy(TEACHER_MODELS[which]))
@@ -245,7 +247,7 @@ class Bench:
 
     def teacher(self, which: str) -> tuple[dict, str]:
         """Train (or find) a teacher; returns its summary row and model.pt path."""
-        folder = self.out / which
+        folder = self.teacher_out / which
         if which in YOLO_TXT_ROWS:
             self.ensure_yolo_txt()
         summary = run(self.teacher_tree(which))
@@ -269,7 +271,7 @@ class Bench:
         tree = self.tree(f"{self.dataset}-{key}-seed{seed}", self.out / key / f"seed{seed}", seed)
         if teacher in TEACHER_MODELS:
             tree["teacher"].update(copy.deepcopy(TEACHER_MODELS[teacher]))
-        tree["teacher"]["checkpoint"] = self.teacher_ckpt.get(teacher, str(self.out / teacher / "teacher/model.pt"))
+        tree["teacher"]["checkpoint"] = self.teacher_ckpt.get(teacher, str(self.teacher_out / teacher / "teacher/model.pt"))
         if row in STUDENT_MODELS:
             tree["student"] = copy.deepcopy(STUDENT_MODELS[row])
         stage = self.with_epochs(self.base["distill"][0], self.student_epochs)
@@ -497,7 +499,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=None, help="data loader processes (default: the recipe's)")
     p.add_argument("--bn-frozen-epochs", type=int, default=None,
                    help="students train their last N epochs with BatchNorm in eval mode (default: the recipe's); "
-                        "the run folder gets _bnfN, and its teacher is looked up there (link or copy it)")
+                        "the students' run folder gets _bnfN; the teachers are the same as without the option")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: with 2 threads a training step was 3-7x slower while other "
                         "jobs shared the 2 cores)")

@@ -122,5 +122,10 @@ def test_bn_frozen_epochs_reach_the_students_only_and_name_the_run_folder(tmp_pa
     assert bench.out.name == "s192_t60_s_e30_bs8_ee5_bnf5"
     assert bench.student_tree("chen_kd", 3)["distill"][0]["bn_frozen_epochs"] == 5
     assert "bn_frozen_epochs" not in bench.teacher_tree("teacher")["teacher"]["train"]
+    # the teacher is the one trained without the option: same folder, no copy or link needed
+    plain = tmp_path / "raccoon" / "s192_t60_s_e30_bs8_ee5"
+    assert bench.teacher_tree("teacher")["output_dir"] == str(plain / "teacher")
+    assert bench.student_tree("chen_kd", 3)["teacher"]["checkpoint"] == str(plain / "teacher/teacher/model.pt")
+    assert bench.student_tree("chen_kd", 3)["output_dir"] == str(bench.out / "chen_kd/seed3")
     args.bn_frozen_epochs = None  # the recipe's own setting, and the folder of the runs before the option
     assert bench_mod.Bench(args, "raccoon").out.name == "s192_t60_s_e30_bs8_ee5"

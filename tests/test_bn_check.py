@@ -1,0 +1,43 @@
+"""benchmarks/bn_check.py: the two BatchNorm variants it compares a deployed detector with."""
+
+import torch
+from conftest import load_script
+from torch import nn
+
+bn_check = load_script("benchmarks/bn_check.py")
+
+
+def model_with_stale_statistics() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    model[1].running_mean.fill_(5.0)  # statistics that fit no data
+    model[1].running_var.fill_(0.01)
+    return model.eval()
+
+
+def test_batch_statistics_normalise_like_training_and_leave_the_model_alone():
+    model = model_with_stale_statistics()
+    x = torch.randn(6, 3, 8, 8) * 2 + 1
+    batch = bn_check.with_batch_statistics(model)
+    assert not batch.training and bn_check.batchnorms(batch)[0].running_mean is None
+    out = batch(x)
+    assert float(model[1].running_mean[0]) == 5.0  # the original keeps its statistics
+    torch.testing.assert_close(out, model.train()(x))  # BatchNorm in training mode, on the same batch
+    assert not torch.allclose(out, model.eval()(x))  # which the stale running statistics do not give
+
+
+def test_recomputed_statistics_are_the_average_over_the_pass_and_weights_stay():
+    model = model_with_stale_statistics()
+    xs = [torch.randn(4, 3, 8, 8) * s + s for s in (1.0, 2.0, 3.0)]
+    out = bn_check.recomputed_statistics(model, [(x, None) for x in xs])
+    assert not out.training
+    conv = model[0]
+    with torch.no_grad():
+        feats = [conv(x) for x in xs]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(out[1].running_mean, mean)
+    torch.testing.assert_close(out[1].running_var, var)
+    torch.testing.assert_close(out[0].weight, conv.weight)
+    assert float(model[1].running_mean[0]) == 5.0  # the original is untouched
+    assert out[1].momentum == 0.1

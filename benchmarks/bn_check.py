@@ -11,52 +11,23 @@ For each model (a phase's ``model.pt``; the recipe gives the data set and its sp
 
 A student far better with ``batch`` than ``deployed`` and ``recomputed`` computes with its batches' own statistics,
 which no fixed statistics reproduce (benchmarks/RESULTS.md, "BatchNorm: raccoon students that depend on batch
-statistics"); training its last epochs with ``bn_frozen_epochs: N`` removes that.
+statistics"); training its last epochs with ``bn_frozen_epochs: N`` removes that. A detection run makes the
+``batch`` test itself at the end of each phase and warns on a gap (``hintdistill.engine.batchnorm``).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-from collections.abc import Iterable
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from hintdistill.config import load_recipe
 from hintdistill.data.voc import detection_collate
 from hintdistill.detection.build import open_split
 from hintdistill.detection.evaluate import evaluate_detector
+from hintdistill.engine.batchnorm import recomputed_statistics, with_batch_statistics
 from hintdistill.engine.checkpoint import load_model
-
-
-def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def with_batch_statistics(model: nn.Module) -> nn.Module:
-    """A copy whose BatchNorms normalise every batch with its own statistics, in eval mode too."""
-    model = copy.deepcopy(model)
-    for bn in batchnorms(model):
-        bn.running_mean = bn.running_var = None
-    return model
-
-
-@torch.no_grad()
-def recomputed_statistics(model: nn.Module, batches: Iterable) -> nn.Module:
-    """A copy whose running statistics are the plain average of the per-batch statistics over ``batches`` of
-    ``(images, targets)``; weights and everything else unchanged, returned in eval mode."""
-    model = copy.deepcopy(model)
-    for bn in batchnorms(model):
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average over the pass
-    model.train()
-    for images, _ in batches:
-        model(images)
-    for bn in batchnorms(model):
-        bn.momentum = 0.1
-    return model.eval()
 
 
 def main() -> None:

@@ -1,10 +1,9 @@
-"""benchmarks/bn_check.py: the two BatchNorm variants it compares a deployed detector with."""
+"""hintdistill.engine.batchnorm: the two BatchNorm variants a deployed detector is compared with, and the warning."""
 
 import torch
-from conftest import load_script
 from torch import nn
 
-bn_check = load_script("benchmarks/bn_check.py")
+from hintdistill.engine import batchnorm as bn_check
 
 
 def model_with_stale_statistics() -> nn.Module:
@@ -41,3 +40,10 @@ def test_recomputed_statistics_are_the_average_over_the_pass_and_weights_stay():
     torch.testing.assert_close(out[0].weight, conv.weight)
     assert float(model[1].running_mean[0]) == 5.0  # the original is untouched
     assert out[1].momentum == 0.1
+
+
+def test_the_warning_names_the_gap_and_the_fix_only_past_five_points():
+    assert bn_check.batch_statistics_warning("baseline", 0.60, 0.64, 16) is None
+    text = bn_check.batch_statistics_warning("baseline", 0.228, 0.620, 16)
+    assert "0.228 as deployed but 0.620" in text and "batch of 16" in text
+    assert "bn_frozen_epochs: 5" in text and "--set baseline.bn_frozen_epochs=5" in text

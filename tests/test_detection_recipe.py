@@ -11,8 +11,10 @@ from hintdistill.build import build_data, build_terms
 from hintdistill.config import load_recipe, recipe_from_dict
 from hintdistill.detection.anchors import kmeans_anchors
 from hintdistill.detection.build import multiscale_sizes, rescale_batch
+from hintdistill.detection.evaluate import evaluate_detector
 from hintdistill.detection.loss import YoloLoss
-from hintdistill.engine.checkpoint import safe_load
+from hintdistill.engine.batchnorm import with_batch_statistics
+from hintdistill.engine.checkpoint import load_model, safe_load
 from hintdistill.engine.pipeline import run_recipe
 from hintdistill.errors import ConfigError, DataError
 from hintdistill.terms.detection import ChenDetectionKD, NeckHints, ObjectnessScaledKD
@@ -66,6 +68,12 @@ def test_detection_recipe_runs_end_to_end_with_kmeans_anchors_in_model_files(tmp
         assert not any(k.startswith(("terms", "teachers")) for k in ckpt["state_dict"])  # no adapter inside
     assert data.primary_metric == "map50" and data.class_names == ["Platelets", "RBC", "WBC"]
     assert data.context["anchors"] == data.model_defaults["anchors"] and data.context["strides"] == (8, 16, 32)
+    # each trained phase is also tested with its test batches' own BatchNorm statistics (the dependence check)
+    trained = {r["model"]: r for r in summary["rows"]}
+    for phase in ("teacher", "baseline", "distilled"):
+        model = load_model(tmp_path / "run" / phase / "model.pt")[0]
+        again = evaluate_detector(with_batch_statistics(model), data.test_loader)["map50"]
+        assert trained[phase]["map50_batch_stats"] == pytest.approx(again, abs=1e-6)
 
 
 def test_multiscale_sizes_and_rescaled_boxes():

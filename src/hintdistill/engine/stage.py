@@ -30,6 +30,7 @@ from ..distiller import Distiller
 from ..errors import ConfigError, Interrupted
 from ..finite import NonFiniteError
 from . import nonfinite
+from .batchnorm import batch_statistics_warning, batchnorms, freeze_batchnorm, with_batch_statistics
 from .cache import TeacherCache, cache_refusal, open_teacher_cache
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
@@ -111,6 +112,14 @@ class PhaseTrainer:
         student = self.phase.student
         if not self.metrics:
             self.metrics = self.data.evaluate(student, self.device)
+        if self.data.kind == "detection" and batchnorms(student) and "map50" in self.metrics:
+            # a detector that computes with its batches' statistics fails as deployed: say so, and how to fix it
+            with_batch = self.data.evaluate(with_batch_statistics(student), self.device)["map50"]
+            self.metrics["map50_batch_stats"] = with_batch
+            warning = batch_statistics_warning(self.phase.name, float(self.metrics["map50"]), with_batch,
+                                               getattr(self.data.test_loader, "batch_size", 0) or 0)
+            if warning:
+                self.say(warning)
         # numbers and per-class tables (detection's ap50_per_class), as a teacher loaded from a checkpoint reports them
         results = {**{k: v for k, v in self.metrics.items() if isinstance(v, (int, float, dict))},
                    "train_s": self.elapsed}
@@ -119,14 +128,6 @@ class PhaseTrainer:
         self.save(done=True, results=results)
         self.metrics_log.close()
         return results
-
-
-def freeze_batchnorm(model: nn.Module) -> None:
-    """Every BatchNorm of ``model`` in eval mode (``bn_frozen_epochs``): normalised by its running statistics, which
-    stop moving, as at test time; its weight and bias still train."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 class Stage:

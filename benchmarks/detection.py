@@ -200,10 +200,12 @@ class Bench:
         # the teachers' folder: settings that change only the students leave it out of its name
         self.teacher_out = (Path(a.out) / dataset /
                             f"s{self.size}_t{self.teacher_epochs}{teacher}_e{self.student_epochs}{subsets}{extra}")
-        # students only (the teacher is shared): their last N epochs with BatchNorm in eval mode
+        # students only (the teacher is shared): their last N epochs with BatchNorm in eval mode; the option, else
+        # the recipe's distill stage, decides, and a non-zero N names the students' folder
         self.bn_frozen = a.bn_frozen_epochs
-        self.out = self.teacher_out.with_name(self.teacher_out.name + (
-            f"_bnf{a.bn_frozen_epochs}" if a.bn_frozen_epochs is not None else ""))
+        frozen = a.bn_frozen_epochs if a.bn_frozen_epochs is not None else self.base["distill"][0].get(
+            "bn_frozen_epochs", 0)
+        self.out = self.teacher_out.with_name(self.teacher_out.name + (f"_bnf{frozen}" if frozen else ""))
         self.teacher_ckpt: dict[str, str] = {}
 
     def with_epochs(self, stage: dict, epochs: int) -> dict:

@@ -127,5 +127,8 @@ def test_bn_frozen_epochs_reach_the_students_only_and_name_the_run_folder(tmp_pa
     assert bench.teacher_tree("teacher")["output_dir"] == str(plain / "teacher")
     assert bench.student_tree("chen_kd", 3)["teacher"]["checkpoint"] == str(plain / "teacher/teacher/model.pt")
     assert bench.student_tree("chen_kd", 3)["output_dir"] == str(bench.out / "chen_kd/seed3")
-    args.bn_frozen_epochs = None  # the recipe's own setting, and the folder of the runs before the option
+    args.bn_frozen_epochs = 0  # off: the folder of the runs before the option
     assert bench_mod.Bench(args, "raccoon").out.name == "s192_t60_s_e30_bs8_ee5"
+    args.bn_frozen_epochs = None  # the recipe's own setting names the folder the same way
+    recipe_n = bench_mod.Bench(args, "raccoon").base["distill"][0].get("bn_frozen_epochs", 0)
+    assert bench_mod.Bench(args, "raccoon").out.name == "s192_t60_s_e30_bs8_ee5" + (f"_bnf{recipe_n}" if recipe_n else "")

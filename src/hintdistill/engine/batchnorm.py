@@ -56,12 +56,25 @@ def recomputed_statistics(model: nn.Module, batches: Iterable) -> nn.Module:
     return model.eval()
 
 
-def batch_statistics_warning(label: str, deployed: float, with_batch: float, batch_size: int) -> str | None:
-    """The warning when the test batches' own statistics beat the deployed model by ``GAP`` or more."""
+def stage_key(phase: str, stages: int = 1) -> str:
+    """The recipe key of a phase's last stage, for ``--set KEY.bn_frozen_epochs=N``."""
+    if phase == "baseline":
+        return "baseline"
+    if phase == "teacher":
+        return "teacher.train"
+    if phase.startswith("teacher_"):  # an ensemble's teacher i
+        return f"teachers.{phase.removeprefix('teacher_')}.train"
+    return f"distill.{stages - 1}"
+
+
+def batch_statistics_warning(label: str, deployed: float, with_batch: float, batch_size: int,
+                             key: str | None = None) -> str | None:
+    """The warning when the test batches' own statistics beat the deployed model by ``GAP`` or more; ``key`` is
+    the recipe key of the phase's last stage (default: derived from ``label``)."""
     if with_batch - deployed < GAP:
         return None
+    key = key or stage_key(label)
     return (f"[{label}] warning: test mAP@0.5 is {deployed:.3f} as deployed but {with_batch:.3f} when each test "
             f"batch of {batch_size} is normalised with its own statistics: the model relies on BatchNorm's batch "
             f"statistics, which a deployed detector does not have. Train its last epochs with BatchNorm frozen: "
-            f"bn_frozen_epochs: 5 on its last stage (e.g. --set distill.0.bn_frozen_epochs=5, "
-            f"--set baseline.bn_frozen_epochs=5), or use larger batches.")
+            f"bn_frozen_epochs: 5 on its last stage (--set {key}.bn_frozen_epochs=5), or use larger batches.")

@@ -30,7 +30,13 @@ from ..distiller import Distiller
 from ..errors import ConfigError, Interrupted
 from ..finite import NonFiniteError
 from . import nonfinite
-from .batchnorm import batch_statistics_warning, batchnorms, freeze_batchnorm, with_batch_statistics
+from .batchnorm import (
+    batch_statistics_warning,
+    batchnorms,
+    freeze_batchnorm,
+    stage_key,
+    with_batch_statistics,
+)
 from .cache import TeacherCache, cache_refusal, open_teacher_cache
 from .checkpoint import atomic_save, load_state, safe_load, save_model
 from .distributed import Dist
@@ -117,7 +123,8 @@ class PhaseTrainer:
             with_batch = self.data.evaluate(with_batch_statistics(student), self.device)["map50"]
             self.metrics["map50_batch_stats"] = with_batch
             warning = batch_statistics_warning(self.phase.name, float(self.metrics["map50"]), with_batch,
-                                               getattr(self.data.test_loader, "batch_size", 0) or 0)
+                                               getattr(self.data.test_loader, "batch_size", 0) or 0,
+                                               stage_key(self.phase.name, len(self.phase.stages)))
             if warning:
                 self.say(warning)
         # numbers and per-class tables (detection's ap50_per_class), as a teacher loaded from a checkpoint reports them

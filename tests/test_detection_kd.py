@@ -46,6 +46,26 @@ def test_objectness_scaled_kd_hand_worked():
     assert term(teacher, [teacher], None).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_objectness_scaled_kd_with_iou_quality_scales_the_objectness_target_by_box_agreement():
+    teacher = one_cell([0, 0, 0, 0, LN3, 0])  # objectness 0.75, class 0.5, box (0.5, 0.5, 1, 1): one anchor
+    # student: objectness 0.5, class 0.75, width (2 σ(ln 3))² = 2.25 anchors, same centre and height → IoU 1 / 2.25
+    student = one_cell([0, 0, LN3, 0, 0, LN3])
+    heads = [HeadSpec(8, ((10.0, 10.0),))]
+    q = 1 / 2.25
+    term = ObjectnessScaledKD(fm_nms=False, heads=heads, quality="iou")
+    expected = kl(0.75 * q, 0.5) + 0.75 * kl(0.5, 0.75) + 0.75 * (2.25 - 1.0) ** 2
+    assert term(student, [teacher], None).item() == pytest.approx(expected, rel=1e-5)
+    # the paper's form: the target is the teacher's objectness whatever the boxes
+    paper = ObjectnessScaledKD(fm_nms=False, heads=heads)
+    assert paper(student, [teacher], None).item() == pytest.approx(
+        kl(0.75, 0.5) + 0.75 * kl(0.5, 0.75) + 0.75 * (2.25 - 1.0) ** 2, rel=1e-5)
+    assert term(teacher, [teacher], None).item() == pytest.approx(0.0, abs=1e-6)  # same box: q = 1
+    with pytest.raises(ConfigError, match="quality"):
+        ObjectnessScaledKD(quality="gt")
+    with pytest.raises(ConfigError, match="anchors"):
+        ObjectnessScaledKD(quality="iou")
+
+
 def test_objectness_scaled_kd_needs_equal_heads():
     with pytest.raises(ShapeError, match="same levels, anchors and classes"):
         ObjectnessScaledKD()(one_cell([0] * 6), [one_cell([0] * 7, classes=2)], None)

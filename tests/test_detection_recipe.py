@@ -153,6 +153,9 @@ def test_detection_terms_are_built_from_recipe_entries_with_the_task_anchors():
     assert isinstance(terms["detection"][0], YoloLoss)
     torch.testing.assert_close(terms["detection"][0].anchors, torch.tensor(anchors).view(3, 3, 2))
     assert isinstance(terms["objectness_kd"][0], ObjectnessScaledKD) and not terms["objectness_kd"][0].fm_nms
+    okd_iou = build_terms(recipe_from_dict({**recipe.model_dump(mode="json", exclude_none=True), "distill": [
+        {"terms": [{"type": "detection"}, {"type": "objectness_kd", "quality": "iou"}]}]}).distill[0].terms, context)
+    assert okd_iou["objectness_kd"][0].quality == "iou" and len(okd_iou["objectness_kd"][0].heads) == 3
     chen = terms["chen_kd"][0]
     assert isinstance(chen, ChenDetectionKD) and chen.background_weight == 1.0 and chen.nu == 0.0
     assert chen.hard.obj_weight == 2.0 * chen.mu and chen.hard.cls_weight == 0.5 * chen.mu  # μ on the hard part

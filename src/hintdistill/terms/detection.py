@@ -13,7 +13,9 @@ The ground-truth parts are ``YoloLoss``; this term is the teacher parts, per lev
         +  mean_cells σ(o^T) · Σ_4 (β̂ − β^T)² ], with Bernoulli KLs and β = ``box_params`` (centre offset
 in cells, size in anchors). FM-NMS (on by default): in every 3×3 neighbourhood of cells, among the teacher's
 candidates (all anchors) whose arg-max class is the same, only the one with the highest objectness keeps
-it; the others get teacher objectness 0 (ties are all kept).
+it; the others get teacher objectness 0 (ties are all kept). ``quality="iou"`` (off by default: the paper's
+form) makes the objectness target σ(o^T) · IoU(student box, teacher box) at each anchor and cell, as
+``chen_kd``'s ``quality`` does for its soft foreground (the weights of the class and box parts stay σ(o^T)).
 
 **ChenDetectionKD** — Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge
 Distillation", adapted to a one-stage head. Per anchor and cell the class distribution is
@@ -76,6 +78,7 @@ from ..detection.loss import (
     YoloLoss,
     anchor_buffer,
     as_heads,
+    context_heads,
     detector_context,
     gain_scales,
     head_maps,
@@ -159,17 +162,29 @@ class ObjectnessScaledKD(Term):
 
         lambda_d: float = 1.0
         fm_nms: bool = True
+        quality: Literal["none", "iou"] = Field("none", description="'iou': the student's objectness target at "
+                                                "each anchor and cell is the teacher's objectness times the IoU "
+                                                "of the student's box with the teacher's box there (no gradient "
+                                                "through it), as chen_kd's quality; 'none' is the paper's form")
 
     def __init__(self, lambda_d: float = 1.0, fm_nms: bool = True, teacher_index: int = 0,
-                 heads: Sequence[HeadSpec] | None = None, teacher_heads: Sequence[HeadSpec] | None = None):
+                 heads: Sequence[HeadSpec] | None = None, teacher_heads: Sequence[HeadSpec] | None = None,
+                 quality: str = "none"):
         super().__init__()
-        self.lambda_d, self.fm_nms, self.teacher_index = lambda_d, fm_nms, teacher_index
+        if quality not in ("none", "iou"):
+            raise ConfigError(f"ObjectnessScaledKD quality='{quality}': choose 'none' (the paper's target) or 'iou'")
+        if quality == "iou" and not heads:
+            raise ConfigError("ObjectnessScaledKD quality='iou' decodes boxes and needs the student's anchors: "
+                              "use it in a detection recipe (the heads come from the model) or pass heads=...")
+        self.lambda_d, self.fm_nms, self.teacher_index, self.quality = lambda_d, fm_nms, teacher_index, quality
         # each side's box parameters as its own head decodes them (YOLOv5's when not given)
         self.heads, self.teacher_heads = heads, teacher_heads
 
     @classmethod
     def from_config(cls, cfg: TermConfig, context: dict) -> ObjectnessScaledKD:
-        return cls(**cfg.term_args(), heads=context.get("heads"), teacher_heads=_teacher_heads(context, 0))
+        args = cfg.term_args()
+        heads = context_heads(cfg.type, context) if args.get("quality") == "iou" else context.get("heads")
+        return cls(**args, heads=heads, teacher_heads=_teacher_heads(context, 0))
 
     def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
         _check_same_heads(student, teachers[self.teacher_index], type(self).__name__, self.heads, self.teacher_heads)
@@ -180,7 +195,11 @@ class ObjectnessScaledKD(Term):
         for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             s, t = s.float(), t.detach().float()
             t_obj = teacher_objectness(t, self.fm_nms)
-            obj = bernoulli_kl(s[..., 4], t_obj).mean()
+            target = t_obj
+            if self.quality == "iou":  # the teacher's confidence is about its own box: scale by the boxes' IoU
+                t_spec = (self.teacher_heads or self.heads)[level]
+                target = t_obj * paired_iou(decode_boxes(s.detach(), self.heads[level]), decode_boxes(t, t_spec))
+            obj = bernoulli_kl(s[..., 4], target).mean()
             cls = (t_obj * bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)).mean()
             total = total + obj + cls + boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
         return self.lambda_d * total

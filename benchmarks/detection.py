@@ -131,6 +131,7 @@ BCCD_ONLY = YOLO_TXT_ROWS
 ALIASES: dict[str, str] = {}
 SUFFIX = {"batch_size": "bs", "eval_every": "ee"}  # overridden stage fields in the run folder's name: _bs8_ee5
 ROWS = ["teacher", *STUDENT_ROWS]
+DISTILLED_ROWS = [r for r in STUDENT_ROWS if r != "baseline" and not r.startswith(("ablation/", "darknet"))]
 
 
 CHEN_TABLE4 = {"cls": "57.4 -> 57.7", "l2": "54.6 -> 55.9", "hints": "56.9 -> 58.0"}  # PASCAL mAP, VGG16 -> Tucker
@@ -427,14 +428,15 @@ def dataset_markdown(results: list[dict]) -> str:
     if darknet:
         lines += ["", f"Darknet BFLOPs at {results[0]['input_size']} px (Darknet's own count): {', '.join(darknet)}."]
     by = {r["name"]: r for r in results}
-    t, b = by.get("teacher"), by.get("baseline")
-    for row in ("chen_kd", "objectness_kd", "chen_kd_hints", "objectness_kd_hints", "pkd", "chen_kd_paper",
-                "chen_kd_paper_hints"):
-        s = by.get(row)
-        if t and b and s and t["map50_mean"] != b["map50_mean"]:
+    t = by.get("teacher")
+    for name, s in by.items():  # a variant row (<row>_bnf5, <row>_e60_bnf5) against the baseline of its variant
+        suffix = next((name[len(row):] for row in sorted(DISTILLED_ROWS, key=len, reverse=True)
+                       if name.startswith(row) and (name == row or name[len(row)] == "_")), None)
+        b = by.get(f"baseline{suffix}") if suffix is not None else None
+        if t and b and t["map50_mean"] != b["map50_mean"]:
             closed = (s["map50_mean"] - b["map50_mean"]) / (t["map50_mean"] - b["map50_mean"])
-            lines.append(f"\n{row}: {100 * (s['map50_mean'] - b['map50_mean']):+.1f} mAP@0.5 points over the "
-                         f"baseline, {100 * closed:.0f}% of the baseline-to-teacher gap.{paired(s, b)}")
+            lines.append(f"\n{name}: {100 * (s['map50_mean'] - b['map50_mean']):+.1f} mAP@0.5 points over "
+                         f"baseline{suffix}, {100 * closed:.0f}% of the baseline-to-teacher gap.{paired(s, b)}")
     for without, with_ in (("cls", "cls_w"), ("l2", "l2_b"), ("hints", "hints_a")):
         x, y = by.get(f"ablation/{without}"), by.get(f"ablation/{with_}")
         if x and y:

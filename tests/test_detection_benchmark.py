@@ -25,6 +25,24 @@ def test_benchmark_pairs_a_row_with_its_baseline_seed_by_seed():
     assert bench_mod.paired({"seeds": [0], "map50_per_seed": [0.7]}, base) == ""  # one seed: no interval
 
 
+def test_a_variant_row_is_compared_with_the_baseline_of_its_own_variant():
+    bench_mod = bench_module()
+
+    def row(name, per_seed):
+        return {"name": name, "params": 1e6, "gflops": 0.3, "map50_mean": sum(per_seed) / len(per_seed),
+                "map50_std": 0.0, "map_mean": 0.3, "map_std": 0.0, "seeds": list(range(len(per_seed))),
+                "map50_per_seed": per_seed, "epochs": 60, "input_size": 192, "cpu_ms_per_image": 10.0,
+                "wall_s": 60.0, "ap50_per_class_mean": {"raccoon": 0.5}}
+    table = bench_mod.dataset_markdown([
+        row("teacher", [0.74]), row("baseline", [0.40, 0.50]), row("chen_kd", [0.45, 0.55]),
+        row("baseline_e60_bnf5", [0.60, 0.60]), row("chen_kd_hints_e60_bnf5", [0.62, 0.66]),
+        row("objectness_kd_iou_e60_bnf5", [0.58, 0.64])])
+    assert "chen_kd: +5.0 mAP@0.5 points over baseline," in table
+    assert "chen_kd_hints_e60_bnf5: +4.0 mAP@0.5 points over baseline_e60_bnf5," in table
+    assert "objectness_kd_iou_e60_bnf5: +1.0 mAP@0.5 points over baseline_e60_bnf5," in table
+    assert "\nbaseline_e60_bnf5:" not in table and "\nteacher:" not in table
+
+
 def test_the_interval_uses_students_t_for_15_seeds_not_the_normal():
     bench_mod = bench_module()
     assert bench_mod.t_90(2) == 2.920 and bench_mod.t_90(14) == 1.761

@@ -19,6 +19,7 @@ Rows (test split of each data set), every student built from its recipe's distil
   locations); ``chen_kd_paper`` and ``chen_kd_paper_hints``: the paper's soft targets (``quality: none``) and
   gamma 0.5, as measured before; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD;
   ``objectness_kd_iou``: the same with ``quality: iou`` (the objectness target scaled by the boxes' IoU, as chen_kd's);
+  ``objectness_kd_nobox``: the same without its teacher-box part (``box_weight: 0``, as chen_kd's nu 0);
   ``objectness_kd_hints``: that + neck hints at gamma 0.5 (as measured);
 - ``pkd``: detection loss + Pearson-correlation feature KD on the neck levels (Cao et al. 2022: per-channel
   standardised maps, ½·MSE summed over P3-P5, weight 6; 1x1 adapters where teacher and student channels differ);
@@ -99,6 +100,7 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "chen_kd": ("teacher", [CHEN]),
     "objectness_kd": ("teacher", [DET, OKD]),
     "objectness_kd_iou": ("teacher", [DET, dict(OKD, quality="iou")]),
+    "objectness_kd_nobox": ("teacher", [DET, dict(OKD, box_weight=0.0)]),
     "chen_kd_hints": ("teacher", [CHEN, HINTS]),
     "chen_kd_paper": ("teacher", [CHEN_PAPER]),
     "chen_kd_paper_hints": ("teacher", [CHEN_PAPER, HINTS_W05]),

@@ -44,6 +44,10 @@ def test_objectness_scaled_kd_hand_worked():
     assert ObjectnessScaledKD(lambda_d=2.0, fm_nms=False)(student, [teacher], None).item() == pytest.approx(
         2 * expected, rel=1e-5)
     assert term(teacher, [teacher], None).item() == pytest.approx(0.0, abs=1e-6)
+    no_box = ObjectnessScaledKD(fm_nms=False, box_weight=0.0)  # the teacher-box part dropped
+    assert no_box(student, [teacher], None).item() == pytest.approx(kl(0.75, 0.5) + 0.75 * kl(0.5, 0.75), rel=1e-5)
+    half = ObjectnessScaledKD(fm_nms=False, box_weight=0.5)
+    assert half(student, [teacher], None).item() == pytest.approx(expected - 0.75 * 0.25 / 2, rel=1e-5)
 
 
 def test_objectness_scaled_kd_with_iou_quality_scales_the_objectness_target_by_box_agreement():

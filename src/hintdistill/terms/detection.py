@@ -16,6 +16,7 @@ candidates (all anchors) whose arg-max class is the same, only the one with the 
 it; the others get teacher objectness 0 (ties are all kept). ``quality="iou"`` (off by default: the paper's
 form) makes the objectness target σ(o^T) · IoU(student box, teacher box) at each anchor and cell, as
 ``chen_kd``'s ``quality`` does for its soft foreground (the weights of the class and box parts stay σ(o^T)).
+``box_weight`` scales the teacher-box part (1, the paper's; 0 drops it).
 
 **ChenDetectionKD** — Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge
 Distillation", adapted to a one-stage head. Per anchor and cell the class distribution is
@@ -166,11 +167,15 @@ class ObjectnessScaledKD(Term):
                                                 "each anchor and cell is the teacher's objectness times the IoU "
                                                 "of the student's box with the teacher's box there (no gradient "
                                                 "through it), as chen_kd's quality; 'none' is the paper's form")
+        box_weight: float = Field(1.0, ge=0, description="weight of the part that pulls the student's boxes to "
+                                  "the teacher's at the cells the teacher is confident at (the paper's 1; 0 drops "
+                                  "it, as chen_kd's nu: 0 drops its teacher-bounded regression)")
 
     def __init__(self, lambda_d: float = 1.0, fm_nms: bool = True, teacher_index: int = 0,
                  heads: Sequence[HeadSpec] | None = None, teacher_heads: Sequence[HeadSpec] | None = None,
-                 quality: str = "none"):
+                 quality: str = "none", box_weight: float = 1.0):
         super().__init__()
+        self.box_weight = box_weight
         if quality not in ("none", "iou"):
             raise ConfigError(f"ObjectnessScaledKD quality='{quality}': choose 'none' (the paper's target) or 'iou'")
         if quality == "iou" and not heads:
@@ -201,7 +206,9 @@ class ObjectnessScaledKD(Term):
                 target = t_obj * paired_iou(decode_boxes(s.detach(), self.heads[level]), decode_boxes(t, t_spec))
             obj = bernoulli_kl(s[..., 4], target).mean()
             cls = (t_obj * bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)).mean()
-            total = total + obj + cls + boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
+            total = total + obj + cls
+            if self.box_weight:
+                total = total + self.box_weight * boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
         return self.lambda_d * total
 
 

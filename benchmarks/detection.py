@@ -3,6 +3,7 @@
     python benchmarks/detection.py [--datasets bccd raccoon synthetic] [--seeds 3] [--rows ...]
         [--teacher-size S] [--teacher-epochs N] [--student-epochs N] [--epochs-scale F] [--input-size S]
         [--batch-size B] [--eval-every E] [--ablation-seeds K] [--threads T] [--merge] [--table-only]
+    python benchmarks/detection.py --pool FILE... [--suffix _e60_bnf5] [--results R]   # join one-seed runs
 
 Each data set's recipe is recipes/<dataset>_yolo_distill.yaml; the three differ only in their data section,
 so every row uses the same defaults everywhere (data-derived settings such as k-means anchors aside). The
@@ -346,6 +347,25 @@ def pooled(recorded: dict | None, new: dict, first_seed: int) -> dict:
             "map50_boot90_seed0": recorded.get("map50_boot90_seed0"), "wall_s": mean("wall_s")}
 
 
+def pool_files(paths: list[str], suffix: str = "") -> list[dict]:
+    """The student rows of results files written by separate runs (``--first-seed K --seeds K+1`` each, e.g. two
+    processes side by side), joined per (data set, row) over their seeds with ``pooled`` and renamed
+    ``<row><suffix>``; teacher rows are left out. A seed found twice is an error."""
+    groups: dict[tuple, list[dict]] = {}
+    for path in paths:
+        for e in json.loads(Path(path).read_text()):
+            if "teacher" not in e["name"]:
+                groups.setdefault((e.get("dataset", "bccd"), e["name"]), []).append(e)
+    rows = []
+    for (_, name), entries in groups.items():
+        entries.sort(key=lambda e: min(e["seeds"]))
+        row = entries[0]
+        for e in entries[1:]:
+            row = pooled(row, e, min(e["seeds"]))
+        rows.append({**row, "name": name + suffix})
+    return rows
+
+
 def merged(recorded: list[dict], rows: list[dict], produced: set, first_seed: int = 0,
            at_start: list[dict] | None = None) -> list[dict]:
     """What the results file holds after a write: the recorded rows this invocation does not produce, and its own
@@ -516,9 +536,19 @@ def main() -> int:
     p.add_argument("--isa", choices=["avx2", "native"], default="avx2",
                    help="CPU kernels: avx2 (default; runs repeat on every x86-64 machine of this kind) or native")
     p.add_argument("--table-only", action="store_true", help="print the table of --results and exit (no training)")
+    p.add_argument("--pool", nargs="+", metavar="FILE", default=None,
+                   help="no training: join the student rows of these results files (one seed each, from separate "
+                        "runs) per row, rename them <row><--suffix>, write them into --results and print the table")
+    p.add_argument("--suffix", default="", help="with --pool: appended to each row's name (e.g. _e60_bnf5)")
     a = p.parse_args()
     dest = Path(a.results)
     if a.table_only:
+        print(markdown(json.loads(dest.read_text())))
+        return 0
+    if a.pool:
+        rows = pool_files(a.pool, a.suffix)
+        recorded = json.loads(dest.read_text()) if dest.is_file() else []
+        dest.write_text(json.dumps(merged(recorded, rows, {(e.get("dataset", "bccd"), e["name"]) for e in rows}), indent=2) + "\n")
         print(markdown(json.loads(dest.read_text())))
         return 0
     torch.set_num_threads(a.threads)

@@ -1,6 +1,7 @@
 """The detection benchmark's bookkeeping: rows paired with their baseline by seed, new seeds pooled with a
 recorded row (benchmarks/detection.py; its runs themselves are measured, not tested)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -150,3 +151,21 @@ def test_bn_frozen_epochs_reach_the_students_only_and_name_the_run_folder(tmp_pa
     args.bn_frozen_epochs = None  # the recipe's own setting names the folder the same way
     recipe_n = bench_mod.Bench(args, "raccoon").base["distill"][0].get("bn_frozen_epochs", 0)
     assert bench_mod.Bench(args, "raccoon").out.name == "s192_t60_s_e30_bs8_ee5" + (f"_bnf{recipe_n}" if recipe_n else "")
+
+
+def test_pool_joins_per_seed_files_into_one_renamed_row(tmp_path):
+    bench_mod = bench_module()
+    row = lambda name, seed, m50: {"dataset": "raccoon", "name": name, "seeds": [seed],  # noqa: E731
+                                   "map50_per_seed": [m50], "map50_mean": m50, "map_mean": m50 / 2, "map_std": 0.0,
+                                   "ap50_per_class_mean": {"raccoon": m50}, "wall_s": 10.0 * (seed + 1)}
+    files = []
+    for seed, m50 in ((2, 0.62), (0, 0.60), (1, 0.58)):  # written in any order, one seed each
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(json.dumps([row("teacher", 0, 0.74), row("baseline", seed, m50)]))
+    (got,) = bench_mod.pool_files([str(f) for f in files], "_e60")
+    assert got["name"] == "baseline_e60" and got["seeds"] == [0, 1, 2]
+    assert got["map50_per_seed"] == [0.60, 0.58, 0.62] and got["map50_mean"] == pytest.approx(0.60)
+    assert got["map50_std"] == pytest.approx(0.02) and got["map_std"] == pytest.approx(0.01)
+    assert got["wall_s"] == pytest.approx(20.0)
+    with pytest.raises(SystemExit, match="pooling needs every recorded seed below 0"):  # seed 0 twice
+        bench_mod.pool_files([str(files[1]), str(files[1])])

@@ -62,7 +62,8 @@ from pathlib import Path
 # The float rounding of a convolution depends on the instruction set its kernel uses, and over 30 epochs on 130
 # images a last-bit difference grows into a different run: the raccoon baseline, seed 0, scores 0.465 with AVX2
 # kernels and 0.516 with AVX-512 ones, same code and seed (benchmarks/RESULTS.md). So the runs pin PyTorch's and
-# oneDNN's CPU kernels to AVX2, which every x86-64 machine of this kind has, and repeat on any of them;
+# oneDNN's CPU kernels to AVX2, which every x86-64 machine of this kind has, and repeat on any of one CPU family
+# (an AMD EPYC of family 26 gave another run than family 25's, same code: benchmarks/RESULTS.md);
 # ``--isa native`` lets each library choose (faster where AVX-512 exists, not comparable across machines).
 # Set before torch loads, which reads them once; only when run as the benchmark, so that importing this module (the
 # tests do) changes nothing for the importing process and the processes it starts.
@@ -79,6 +80,7 @@ from hintdistill.data.convert import voc_to_yolo
 from hintdistill.detection.bootstrap import bootstrap_map50, image_matches
 from hintdistill.engine.checkpoint import load_model
 from hintdistill.engine.pipeline import run_recipe
+from hintdistill.metrics import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("bccd", "raccoon", "synthetic")
@@ -153,7 +155,8 @@ def run(tree: dict) -> dict:
         summary = run_recipe(recipe)
     # each row says which CPU kernels its run used (runs older than that record: this process's, as before)
     kernels = summary.get("cpu_kernels", torch.backends.cpu.get_cpu_capability())
-    return {**summary, "rows": [{**r, "cpu_kernels": kernels} for r in summary["rows"]]}
+    cpu = summary.get("cpu", cpu_model())
+    return {**summary, "rows": [{**r, "cpu_kernels": kernels, "cpu": cpu} for r in summary["rows"]]}
 
 
 def with_per_class(row: dict, folder: Path, phase: str) -> dict:
@@ -321,6 +324,7 @@ def entry(name: str, runs: list[dict], epochs: int, size: int, dataset: str) -> 
         **({"map50_boot90_seed0": runs[0]["map50_boot90"]} if "map50_boot90" in runs[0] else {}),
         "wall_s": statistics.mean(r["train_s"] for r in runs),
         "cpu_kernels": ", ".join(sorted({r["cpu_kernels"] for r in runs})),  # what the float rounding depends on
+        "cpu": ", ".join(sorted({r.get("cpu", "") for r in runs})),  # and the CPU family (RESULTS.md)
         **({"darknet_bflops": runs[0]["darknet_bflops"]} if "darknet_bflops" in runs[0] else {}),
     }
 

@@ -522,3 +522,12 @@ def test_bn_frozen_epochs_train_the_last_epochs_with_batchnorm_in_eval_mode(tiny
     first_bn = next(k for k in final if k.endswith("running_mean"))
     assert torch.equal(final[first_bn], epoch2[0])
     assert not torch.equal(final[first_bn.replace("running_mean", "weight")], seen[STEPS_PER_EPOCH][3])
+
+
+def test_cpu_model_names_the_family_the_rounding_depends_on():
+    from hintdistill.metrics import cpu_model
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: fpu avx2\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n")
+    assert cpu_model(info) == "AMD EPYC family 26 model 2"  # the first processor's
+    assert cpu_model("processor\t: 0\nmodel name\t: Some ARM core\n") == "Some ARM core"
+    assert cpu_model("") == ""

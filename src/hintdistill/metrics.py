@@ -69,3 +69,21 @@ def median_ms(fn, warmup: int = 5, iters: int = 30) -> float:
         times.append(time.perf_counter() - t)
     times.sort()
     return 1000.0 * times[len(times) // 2]
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's name, family and model from /proc/cpuinfo (or its text, ``cpuinfo``; '' where there is none): CPUs
+    of another family can round the same kernels differently, so a rerun repeats a run's numbers only on the same
+    family."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return ""
+    lines = cpuinfo.split("\n\n", 1)[0].splitlines()  # the first processor's block
+    info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    name = info.get("model name", "")
+    return f"{name} family {info['cpu family']} model {info['model']}" if "cpu family" in info and "model" in info \
+        else name
+

@@ -14,7 +14,7 @@ from ..checks import check_model_fits_data, check_num_classes  # issue 12
 from ..config import ModelConfig, Recipe
 from ..data.sanity import dropped_note  # issue 12
 from ..data.task import TaskData
-from ..metrics import count_params, cpu_latency_ms, gflops
+from ..metrics import count_params, cpu_latency_ms, cpu_model, gflops
 from ..models.darknet_weights import save_cfg, save_weights
 from ..models.ensemble import ProbabilityAverage
 from .checkpoint import load_teacher, writing
@@ -87,9 +87,9 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         ship_darknet(student, run_dir, log)
     rows.append(summary_row("distilled", student, student_spec, result, data, recipe))
 
-    # the CPU kernels (AVX2, AVX512, ...) decide the float rounding, so which numbers a rerun repeats
+    # the CPU kernels (AVX2, AVX512, ...) and the CPU family decide the float rounding, so which numbers a rerun repeats
     summary = {"recipe": recipe.name, "task": recipe.task, "device": str(device),
-               "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "rows": rows}
+               "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(), "rows": rows}
     if d.main:
         record_recipe(run_dir, recipe_text, at_start=False)
         report.write_summary(summary, run_dir, data.kind, dropped_note(data.test_loader))  # issue 12

@@ -106,7 +106,7 @@ def test_importing_the_benchmark_leaves_the_cpu_kernels_alone(monkeypatch):
 
 
 def test_a_finished_run_reports_the_cpu_kernels_it_ran_with(tmp_path):
-    # a row's cpu_kernels is its own run's (summary.json), not the kernels of the process that reads it later
+    # a row's cpu_kernels and cpu are its own run's (summary.json), not the kernels of the process that reads it later
     import argparse
     import json
 
@@ -124,10 +124,12 @@ def test_a_finished_run_reports_the_cpu_kernels_it_ran_with(tmp_path):
     folder.mkdir(parents=True)
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     row = {"model": "distilled", "map50": 0.5}
-    for recorded, expected in (("AVX512", "AVX512"), (None, torch.backends.cpu.get_cpu_capability())):
-        summary = {"rows": [row], **({"cpu_kernels": recorded} if recorded else {})}
+    from hintdistill.metrics import cpu_model
+    here = (torch.backends.cpu.get_cpu_capability(), cpu_model())
+    for recorded, expected in ((("AVX512", "AMD EPYC family 25 model 17"),) * 2, (None, here)):
+        summary = {"rows": [row], **({"cpu_kernels": recorded[0], "cpu": recorded[1]} if recorded else {})}
         (folder / "summary.json").write_text(json.dumps(summary))
-        assert bench_mod.run(tree)["rows"] == [{**row, "cpu_kernels": expected}]
+        assert bench_mod.run(tree)["rows"] == [{**row, "cpu_kernels": expected[0], "cpu": expected[1]}]
 
 
 def test_bn_frozen_epochs_reach_the_students_only_and_name_the_run_folder(tmp_path):

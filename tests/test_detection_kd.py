@@ -48,6 +48,13 @@ def test_objectness_scaled_kd_hand_worked():
     assert no_box(student, [teacher], None).item() == pytest.approx(kl(0.75, 0.5) + 0.75 * kl(0.5, 0.75), rel=1e-5)
     half = ObjectnessScaledKD(fm_nms=False, box_weight=0.5)
     assert half(student, [teacher], None).item() == pytest.approx(expected - 0.75 * 0.25 / 2, rel=1e-5)
+    # its parts are logged (objectness_kd.obj / .cls / .box), λ_D included, and sum to the loss
+    two = ObjectnessScaledKD(lambda_d=2.0, fm_nms=False)
+    two(student, [teacher], None)
+    assert {k: v.item() for k, v in two.last.items()} == pytest.approx(
+        {"obj": 2 * kl(0.75, 0.5), "cls": 2 * 0.75 * kl(0.5, 0.75), "box": 2 * 0.75 * 0.25}, rel=1e-5)
+    no_box(student, [teacher], None)
+    assert no_box.last["box"].item() == 0.0
 
 
 def test_objectness_scaled_kd_with_iou_quality_scales_the_objectness_target_by_box_agreement():

@@ -197,6 +197,7 @@ class ObjectnessScaledKD(Term):
     def forward(self, student: Outputs, teachers: list[Outputs], targets: Any = None) -> torch.Tensor:
         s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
         total = s_maps[0].sum() * 0
+        parts = {"obj": 0.0, "cls": 0.0, "box": 0.0}  # logged as objectness_kd.obj, .cls, .box (λ_D included)
         for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             s, t = s.float(), t.detach().float()
             t_obj = teacher_objectness(t, self.fm_nms)
@@ -207,8 +208,12 @@ class ObjectnessScaledKD(Term):
             obj = bernoulli_kl(s[..., 4], target).mean()
             cls = (t_obj * bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)).mean()
             total = total + obj + cls
+            parts["obj"], parts["cls"] = parts["obj"] + obj.detach(), parts["cls"] + cls.detach()
             if self.box_weight:
-                total = total + self.box_weight * boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
+                box = self.box_weight * boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
+                total = total + box
+                parts["box"] = parts["box"] + box.detach()
+        self.last = {k: self.lambda_d * torch.as_tensor(v, device=total.device) for k, v in parts.items()}
         return self.lambda_d * total
 
 

@@ -55,6 +55,9 @@ def test_objectness_scaled_kd_hand_worked():
         {"obj": 2 * kl(0.75, 0.5), "cls": 2 * 0.75 * kl(0.5, 0.75), "box": 2 * 0.75 * 0.25}, rel=1e-5)
     no_box(student, [teacher], None)
     assert no_box.last["box"].item() == 0.0
+    # the same parts with gradients, for benchmarks/detection_diagnose.py
+    with_grad = two.loss_parts(student, [teacher])
+    assert {k: v.item() for k, v in with_grad.items()} == pytest.approx({k: v.item() for k, v in two.last.items()})
 
 
 def test_objectness_scaled_kd_with_iou_quality_scales_the_objectness_target_by_box_agreement():

@@ -194,10 +194,9 @@ class ObjectnessScaledKD(Term):
     def setup(self, student: Outputs, teachers: list[Outputs]) -> None:
         _check_same_heads(student, teachers[self.teacher_index], type(self).__name__, self.heads, self.teacher_heads)
 
-    def forward(self, student: Outputs, teachers: list[Outputs], targets: Any = None) -> torch.Tensor:
+    def levels(self, student: Outputs, teachers: list[Outputs]):
+        """Per level, its (objectness, class, teacher-box) parts with gradients, before λ_D (box None at weight 0)."""
         s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
-        total = s_maps[0].sum() * 0
-        parts = {"obj": 0.0, "cls": 0.0, "box": 0.0}  # logged as objectness_kd.obj, .cls, .box (λ_D included)
         for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             s, t = s.float(), t.detach().float()
             t_obj = teacher_objectness(t, self.fm_nms)
@@ -207,10 +206,24 @@ class ObjectnessScaledKD(Term):
                 target = t_obj * paired_iou(decode_boxes(s.detach(), self.heads[level]), decode_boxes(t, t_spec))
             obj = bernoulli_kl(s[..., 4], target).mean()
             cls = (t_obj * bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)).mean()
-            total = total + obj + cls
+            box = (self.box_weight * boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
+                   if self.box_weight else None)
+            yield s, obj, cls, box
+
+    def loss_parts(self, student: Outputs, teachers: list[Outputs], targets: Any = None) -> dict[str, torch.Tensor]:
+        """The weighted parts (with gradients, λ_D included): obj, cls, box."""
+        parts: dict[str, torch.Tensor] = {}
+        for s, obj, cls, box in self.levels(student, teachers):
+            for name, value in (("obj", obj), ("cls", cls), ("box", s.sum() * 0 if box is None else box)):
+                parts[name] = parts[name] + value if name in parts else value
+        return {k: self.lambda_d * v for k, v in parts.items()}
+
+    def forward(self, student: Outputs, teachers: list[Outputs], targets: Any = None) -> torch.Tensor:
+        total, parts = None, {"obj": 0.0, "cls": 0.0, "box": 0.0}  # parts logged as objectness_kd.obj, .cls, .box
+        for s, obj, cls, box in self.levels(student, teachers):
+            total = (s.sum() * 0 if total is None else total) + obj + cls  # the sum in the order it always had
             parts["obj"], parts["cls"] = parts["obj"] + obj.detach(), parts["cls"] + cls.detach()
-            if self.box_weight:
-                box = self.box_weight * boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
+            if box is not None:
                 total = total + box
                 parts["box"] = parts["box"] + box.detach()
         self.last = {k: self.lambda_d * torch.as_tensor(v, device=total.device) for k, v in parts.items()}

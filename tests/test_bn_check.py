@@ -47,3 +47,6 @@ def test_the_warning_names_the_gap_and_the_fix_only_past_five_points():
     text = bn_check.batch_statistics_warning("baseline", 0.228, 0.620, 16)
     assert "0.228 as deployed but 0.620" in text and "batch of 16" in text
     assert "bn_frozen_epochs: 5" in text and "--set baseline.bn_frozen_epochs=5" in text
+    # a stage that already froze BatchNorm for its last 5 epochs is told to freeze more, not to do what it did
+    text = bn_check.batch_statistics_warning("distilled", 0.228, 0.620, 16, "distill.0", frozen=5)
+    assert "last 5 epochs already trained with BatchNorm frozen" in text and "--set distill.0.bn_frozen_epochs=10" in text

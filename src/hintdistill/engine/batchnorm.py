@@ -68,13 +68,17 @@ def stage_key(phase: str, stages: int = 1) -> str:
 
 
 def batch_statistics_warning(label: str, deployed: float, with_batch: float, batch_size: int,
-                             key: str | None = None) -> str | None:
+                             key: str | None = None, frozen: int = 0) -> str | None:
     """The warning when the test batches' own statistics beat the deployed model by ``GAP`` or more; ``key`` is
-    the recipe key of the phase's last stage (default: derived from ``label``)."""
+    the recipe key of the phase's last stage (default: derived from ``label``), ``frozen`` its bn_frozen_epochs."""
     if with_batch - deployed < GAP:
         return None
     key = key or stage_key(label)
+    more = max(5, 2 * frozen)
+    fix = (f"Train its last epochs with BatchNorm frozen: bn_frozen_epochs: 5 on its last stage (--set "
+           f"{key}.bn_frozen_epochs=5)" if not frozen else
+           f"Its last {frozen} epochs already trained with BatchNorm frozen: try more of them (--set "
+           f"{key}.bn_frozen_epochs={more})")
     return (f"[{label}] warning: test mAP@0.5 is {deployed:.3f} as deployed but {with_batch:.3f} when each test "
             f"batch of {batch_size} is normalised with its own statistics: the model relies on BatchNorm's batch "
-            f"statistics, which a deployed detector does not have. Train its last epochs with BatchNorm frozen: "
-            f"bn_frozen_epochs: 5 on its last stage (--set {key}.bn_frozen_epochs=5), or use larger batches.")
+            f"statistics, which a deployed detector does not have. {fix}, or use larger batches.")

@@ -124,7 +124,8 @@ class PhaseTrainer:
             self.metrics["map50_batch_stats"] = with_batch
             warning = batch_statistics_warning(self.phase.name, float(self.metrics["map50"]), with_batch,
                                                getattr(self.data.test_loader, "batch_size", 0) or 0,
-                                               stage_key(self.phase.name, len(self.phase.stages)))
+                                               stage_key(self.phase.name, len(self.phase.stages)),
+                                               self.phase.stages[-1].bn_frozen_epochs)
             if warning:
                 self.say(warning)
         # numbers and per-class tables (detection's ap50_per_class), as a teacher loaded from a checkpoint reports them

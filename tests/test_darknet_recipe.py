@@ -85,7 +85,8 @@ def test_benchmark_darknet_rows_are_valid_recipes_on_yolo_txt_data(tmp_path):
                       "darknet_student": ("yolo", "darknet", ["detection"]),
                       "darknet_student_kd": ("yolo", "darknet", ["chen_kd"]),
                       "darknet_teacher_kd": ("darknet", "yolo", ["chen_kd"])}
-    assert trees["darknet_teacher_kd"]["teacher"]["checkpoint"] == str(tmp_path / "bccd" / bench.out.name /
+    # teachers live in the teachers' folder, shared by students with and without bn_frozen_epochs (the recipes' 5)
+    assert trees["darknet_teacher_kd"]["teacher"]["checkpoint"] == str(tmp_path / "bccd" / bench.teacher_out.name /
                                                                         "darknet_teacher/teacher/model.pt")
     # a Darknet model trains with the Darknet recipe's optimizer and clipping; the yolo n student keeps the common stage
     lr = lambda stage: (stage["optimizer"]["lr"], stage.get("grad_clip_norm"))  # noqa: E731

@@ -131,6 +131,7 @@ STUDENT_MODELS = {"darknet_student": DARKNET_STUDENT, "darknet_student_kd": DARK
 DARKNET_STAGE = ("optimizer", "grad_clip_norm")
 DARKNET_RECIPE = yaml.safe_load((ROOT / "recipes/darknet_distill.yaml").read_text())
 TEACHER_MODELS = {"hint_teacher": {"name": "yolo", "args": HINT_TEACHER_ARGS}, "darknet_teacher": DARKNET_TEACHER}
+TEACHER_ROWS = ("teacher", *TEACHER_MODELS)  # every other row is a student
 YOLO_TXT_ROWS = {"darknet_student", "darknet_student_kd", "darknet_teacher_kd", "darknet_teacher"}
 BCCD_ONLY = YOLO_TXT_ROWS
 ALIASES: dict[str, str] = {}
@@ -358,7 +359,7 @@ def pool_files(paths: list[str], suffix: str = "") -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for path in paths:
         for e in json.loads(Path(path).read_text()):
-            if "teacher" not in e["name"]:
+            if e["name"] not in TEACHER_ROWS:  # darknet_teacher_kd is a student row
                 groups.setdefault((e.get("dataset", "bccd"), e["name"]), []).append(e)
     rows = []
     for (_, name), entries in groups.items():
@@ -389,7 +390,7 @@ def merged(recorded: list[dict], rows: list[dict], produced: set, first_seed: in
 
 def in_order(results: list[dict]) -> list[dict]:
     """By data set, then teacher rows first and the student rows in ROWS order, whichever invocation wrote them."""
-    order = ["teacher", "hint_teacher", "darknet_teacher", *STUDENT_ROWS]
+    order = [*TEACHER_ROWS, *STUDENT_ROWS]
 
     def key(e: dict) -> tuple:
         ds = e.get("dataset", "bccd")

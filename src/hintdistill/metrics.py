@@ -86,4 +86,3 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     name = info.get("model name", "")
     return f"{name} family {info['cpu family']} model {info['model']}" if "cpu family" in info and "model" in info \
         else name
-

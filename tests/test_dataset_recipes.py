@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import load_script
 
-from hintdistill.config import SyntheticConfig, load_recipe
+from hintdistill.config import SyntheticConfig, load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("bccd", "raccoon", "synthetic")
@@ -51,3 +51,22 @@ def test_the_recipes_are_what_the_generator_writes():
     for d in DATASETS:
         for kind in ("teacher", "distill"):
             assert (ROOT / "recipes" / f"{d}_yolo_{kind}.yaml").read_text() == make.recipe(d, kind), (d, kind)
+
+
+def test_the_distill_recipes_train_what_the_benchmark_measured():
+    """The benchmark swaps each row's terms into the recipe; the recipe's own terms must be the row they cite
+    (chen_kd + neck_hints), default for default: the recipes once ran chen_kd's bounded regression (nu 0.5, the
+    term's default) while every figure in their header was measured with nu 0."""
+    rows = load_script("benchmarks/detection.py").STUDENT_ROWS
+
+    def terms(stage_terms, row):
+        t = tree("bccd")
+        t["distill"] = [dict(t["distill"][0], terms=rows[row][1])]
+        return [term.model_dump() for term in recipe_from_dict(t).distill[0].terms], [
+            term.model_dump() for term in stage_terms]
+
+    recipe = load_recipe(ROOT / "recipes/bccd_yolo_distill.yaml")
+    measured, shipped = terms(recipe.distill[0].terms, "chen_kd_hints")
+    assert shipped == measured and shipped[0]["nu"] == 0
+    measured, shipped = terms(recipe.baseline.terms, "baseline")
+    assert shipped == measured

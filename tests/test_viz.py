@@ -173,6 +173,24 @@ def test_viz_detection_neck_levels_and_boxes(tmp_path, capsys):
         assert ("note" in det and len(det["boxes"]) <= 5) or bool((det["scores"] > 0.25).all())
     assert main(["viz", str(run_dir), "--image", str(image), "--input-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
+    # a teacher loaded from a checkpoint (no teacher/ folder in the run) still gets its panel, boxes and all
+    moved = tmp_path / "elsewhere" / "model.pt"
+    moved.parent.mkdir()
+    (run_dir / "teacher" / "model.pt").rename(moved)
+    (run_dir / "teacher" / "metrics.jsonl").unlink()
+    (run_dir / "teacher").rmdir()
+    tree = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    tree["teachers"][0]["checkpoint"] = str(moved)  # a run folder's recipe.yaml lists its teachers
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    loaded = Run(run_dir)
+    assert "teacher" not in loaded.phases
+    example = image_example(loaded, image, 160)
+    moved_panels = detection_panels(loaded, example)
+    assert [title for title, _ in moved_panels] == ["teacher", "baseline", "distilled"]
+    torch.testing.assert_close(moved_panels[0][1]["boxes"], panels[0][1]["boxes"])  # the same weights' boxes
+    moved.unlink()  # gone since the run: no teacher panel, a warning, and the rest still drawn
+    with pytest.warns(UserWarning, match="no teacher panel"):
+        assert [title for title, _ in detection_panels(Run(run_dir), example)] == ["baseline", "distilled"]
 
 
 def test_detection_and_curve_figures_draw():

@@ -20,7 +20,7 @@ from .config import Recipe, recipe_from_dict
 from .data.classification import CLASS_NAMES, STATS, load_tensors
 from .data.voc import DetectionDataset
 from .detection.build import open_split
-from .engine.checkpoint import load_model, load_teacher_weights, safe_load
+from .engine.checkpoint import load_model, load_teacher, safe_load
 from .errors import CheckpointError, ConfigError, DataError
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -87,8 +87,7 @@ class Run:
         student_args = safe_load(self.phases["distilled"])["spec"]["args"]
         defaults = {k: v for k, v in student_args.items() if k not in self.recipe.student.args}
         model = instantiate({"name": tcfg.name, "args": {**defaults, **tcfg.args}})
-        load_teacher_weights(model, tcfg.checkpoint)
-        return model.eval()
+        return load_teacher(model, tcfg.checkpoint).eval()  # as training loads it (a Darknet cfg keeps its heads)
 
     def terms_state(self, stage: int) -> dict | None:
         """The distilled phase's loss-term weights (adapters) for ``stage``, if the checkpoint kept them."""

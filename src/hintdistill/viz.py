@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Recipe
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .figures import FeatureMaps, detection_figure, feature_figure, png_bytes
 from .run_folder import Example, Run, class_names, image_example
 from .taps import Taps, feature_key
@@ -114,13 +114,31 @@ def feature_maps(run: Run, example: Example, pairs: list[LayerPair]) -> list[Fea
 
 
 @torch.no_grad()
+def panel_models(run: Run) -> list[tuple[str, torch.nn.Module]]:
+    """The run's models, teachers first, then the baseline and the distilled student: every phase with weights,
+    and each teacher the recipe loaded from a checkpoint (it has no phase folder of its own in the run)."""
+    phases = sorted(run.phases, key=lambda p: (not p.startswith("teacher"), p != "baseline", p))
+    models = [(phase, run.model(phase)) for phase in phases]
+    teachers = run.recipe.teachers if run.recipe is not None else []
+    for index, tcfg in enumerate(teachers):
+        own = {"teacher", "teacher_0"} if index == 0 else {f"teacher_{index}"}
+        if not tcfg.checkpoint or own & set(run.phases):
+            continue
+        try:
+            model = run.teacher(index)
+        except CheckpointError as err:  # moved or deleted since the run: the other panels still say something
+            warnings.warn(f"no teacher panel: {err}", UserWarning, stacklevel=2)
+            continue
+        models.insert(index, ("teacher" if len(teachers) == 1 else f"teacher_{index}", model))
+    return models
+
+
 def detection_panels(run: Run, example: Example) -> list[tuple[str, dict]]:
     """(title, boxes) of the ground truth (if known), the teacher(s), the baseline and the distilled student."""
     panels = []
     if example.target is not None:
         panels.append(("ground truth", {"boxes": example.target["boxes"], "labels": example.target["labels"]}))
-    for phase in sorted(run.phases, key=lambda p: (not p.startswith("teacher"), p != "baseline", p)):
-        model = run.model(phase)
+    for phase, model in panel_models(run):
         det = model.postprocess(model(example.x), LOW_CONF, IOU_THRESH)[0]
         keep = det["scores"] > CONF_THRESH
         if keep.any() or not len(keep):

@@ -188,6 +188,12 @@ def test_viz_detection_neck_levels_and_boxes(tmp_path, capsys):
     moved_panels = detection_panels(loaded, example)
     assert [title for title, _ in moved_panels] == ["teacher", "baseline", "distilled"]
     torch.testing.assert_close(moved_panels[0][1]["boxes"], panels[0][1]["boxes"])  # the same weights' boxes
+    (run_dir / "report.html").unlink(missing_ok=True)
+    assert main(["report", str(run_dir)]) == 0  # the report again, its teacher drawn from the checkpoint
+    assert "written:" in capsys.readouterr().out
+    assert (run_dir / "report.html").is_file() and (run_dir / "figures" / "detections.png").is_file()
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     moved.unlink()  # gone since the run: no teacher panel, a warning, and the rest still drawn
     with pytest.warns(UserWarning, match="no teacher panel"):
         assert [title for title, _ in detection_panels(Run(run_dir), example)] == ["baseline", "distilled"]

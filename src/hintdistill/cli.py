@@ -108,6 +108,19 @@ def cmd_viz(a) -> int:
     return viz_command(a)
 
 
+def cmd_report(a) -> int:
+    """Write RUN/report.html (and RUN/figures/) again, from what the run folder holds now."""
+    from .report import write_report  # matplotlib, for the figures
+
+    folder = Path(a.run)
+    if not (folder / "summary.json").is_file():
+        what = "does not exist" if not folder.exists() else "has no summary.json"
+        raise ConfigError(f"run folder {folder} {what}: pass a folder that `hintdistill run` finished "
+                          f"(runs/<recipe name> by default)")
+    print(f"written: {write_report(folder)}")
+    return 0
+
+
 # --- make-data: generated data sets ---
 def cmd_make_data(a) -> int:
     """Generate (or find up to date) a synthetic detection set, a VOC folder recipes read as name: synthetic."""
@@ -219,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--input-size", type=int, help="resize the image to this square size")
     v.add_argument("--out", help="output folder (default RUN/figures)")
     v.set_defaults(func=cmd_viz)
+    rp = sub.add_parser("report", help="write a run's report.html (and figures/) again, e.g. after moving it")
+    rp.add_argument("run", help="a run folder written by `hintdistill run`")
+    rp.set_defaults(func=cmd_report)
     add_make_data(sub)
     add_sweep_parser(sub)
     add_export_parser(sub)

@@ -123,9 +123,10 @@ HEADER = {
 # and +4.4, the raccoon gain against a baseline that leaned on batch statistics.) Mehta & Ozturk's objectness-
 # scaled KD is one --set away:
 #   --set 'distill.0.terms=[{{type: detection}}, {{type: objectness_kd, lambda_d: 1.0, fm_nms: true}}]'
-# (30 epochs: +6.0 on BCCD, +2.4 on the synthetic set, +1.9 on raccoon; at 60 on raccoon +0.7, and +4.5 with
-# box_weight: 0, which drops its pull of the student's boxes to the teacher's). chen_kd alone at 60 epochs: +7.3
-# on raccoon (5 seeds). Neck hints at weight 0.5 put raccoon below its baseline on every seed.
+# (60 epochs: +5.9 on BCCD, +3.2 on the synthetic set, -0.6 on raccoon; with box_weight: 0, which drops its
+# pull of the student's boxes to the teacher's: +3.3, +1.7 and +3.5). chen_kd alone at 60 epochs: +6.2 on
+# BCCD, +7.3 on raccoon, +7.9 on the synthetic set. Neck hints at weight 0.5 put raccoon below its baseline on
+# every seed.
 # Anchors: 9 k-means anchors of the training boxes, stored in every model.pt. On 2 CPU cores the full schedule
 # takes many hours; the measured benchmark (benchmarks/detection.py, benchmarks/RESULTS.md) runs it scaled down.
 """,

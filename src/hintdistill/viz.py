@@ -113,7 +113,6 @@ def feature_maps(run: Run, example: Example, pairs: list[LayerPair]) -> list[Fea
     return out
 
 
-@torch.no_grad()
 def panel_models(run: Run) -> list[tuple[str, torch.nn.Module]]:
     """The run's models, teachers first, then the baseline and the distilled student: every phase with weights,
     and each teacher the recipe loaded from a checkpoint (it has no phase folder of its own in the run)."""
@@ -121,18 +120,17 @@ def panel_models(run: Run) -> list[tuple[str, torch.nn.Module]]:
     models = [(phase, run.model(phase)) for phase in phases]
     teachers = run.recipe.teachers if run.recipe is not None else []
     for index, tcfg in enumerate(teachers):
-        own = {"teacher", "teacher_0"} if index == 0 else {f"teacher_{index}"}
-        if not tcfg.checkpoint or own & set(run.phases):
+        name = "teacher" if len(teachers) == 1 else f"teacher_{index}"  # the phase name a trained teacher gets
+        if not tcfg.checkpoint or name in run.phases:
             continue
         try:
-            model = run.teacher(index)
+            models.insert(index, (name, run.teacher(index)))
         except CheckpointError as err:  # moved or deleted since the run: the other panels still say something
             warnings.warn(f"no teacher panel: {err}", UserWarning, stacklevel=2)
-            continue
-        models.insert(index, ("teacher" if len(teachers) == 1 else f"teacher_{index}", model))
     return models
 
 
+@torch.no_grad()
 def detection_panels(run: Run, example: Example) -> list[tuple[str, dict]]:
     """(title, boxes) of the ground truth (if known), the teacher(s), the baseline and the distilled student."""
     panels = []

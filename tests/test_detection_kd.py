@@ -80,6 +80,41 @@ def test_objectness_scaled_kd_with_iou_quality_scales_the_objectness_target_by_b
         ObjectnessScaledKD(quality="iou")
 
 
+def test_objectness_scaled_kd_ciou_box_part_is_the_box_loss_against_the_teacher_box():
+    heads = [HeadSpec(8, ((10.0, 10.0),))]
+    # two cells; the teacher is sure of the first (σ(1e4) = 1) and not of the second (σ(-1e4) = 0), class 0.5,
+    # box params (0.5, 0.5, 1, 1) at both. The student matches it but for its width at the first cell:
+    # (2 σ(ln 3))² = 2.25 anchors, same centre and height: IoU 1 / 2.25, aspect term v = 4/π² (atan 2.25 − atan 1)²
+    t = torch.tensor([[0, 0, 0, 0, 1e4, 0], [0, 0, 0, 0, -1e4, 0]], dtype=torch.float32).view(1, 1, 1, 2, 6)
+    s = t.clone()
+    s[0, 0, 0, 0, 2] = LN3
+    teacher, student = {"head:0": t}, {"head:0": s}
+    iou = 1 / 2.25
+    v = 4 / math.pi ** 2 * (math.atan(2.25) - math.atan(1.0)) ** 2
+    miss = 1 - (iou - v / (1 - iou + v) * v)  # 1 − CIoU; the centres coincide
+    term = ObjectnessScaledKD(fm_nms=False, heads=heads, box_loss="ciou")
+    term(student, [teacher], None)
+    # objectness mass 1 + 0 = 1: the miss at the first cell, times the box loss's gain 0.05
+    assert term.last["box"].item() == pytest.approx(0.05 * miss, rel=1e-4)
+    assert term.last["obj"].item() == pytest.approx(0.0, abs=1e-6)
+    # a mass under 1 is not divided up to 1: a teacher at σ = 0.75 gives 0.75 of the miss
+    t[0, 0, 0, 0, 4] = LN3
+    s[0, 0, 0, 0, 4] = LN3
+    term(student, [teacher], None)
+    assert term.last["box"].item() == pytest.approx(0.05 * 0.75 * miss, rel=1e-4)
+    # a mass over 1 averages: both cells confident, the second one's boxes agree
+    t[0, 0, 0, :, 4] = 1e4
+    s[0, 0, 0, :, 4] = 1e4
+    term(student, [teacher], None)
+    assert term.last["box"].item() == pytest.approx(0.05 * miss / 2, rel=1e-4)
+    assert ObjectnessScaledKD(fm_nms=False, heads=heads, box_loss="ciou")(teacher, [teacher], None).item() == (
+        pytest.approx(0.0, abs=1e-6))
+    with pytest.raises(ConfigError, match="box_loss"):
+        ObjectnessScaledKD(box_loss="l1")
+    with pytest.raises(ConfigError, match="anchors"):
+        ObjectnessScaledKD(box_loss="ciou")
+
+
 def test_objectness_scaled_kd_needs_equal_heads():
     with pytest.raises(ShapeError, match="same levels, anchors and classes"):
         ObjectnessScaledKD()(one_cell([0] * 6), [one_cell([0] * 7, classes=2)], None)

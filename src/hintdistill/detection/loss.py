@@ -37,6 +37,7 @@ from .heads import HeadSpec, model_heads, yolov5_heads
 from .heads import box_params as head_box_params
 
 NORMALISE = ("none", "yolov5")
+DEFAULT_GAINS = {"box": 0.05, "obj": 1.0, "cls": 0.5}  # YOLOv5's hyp.scratch box / obj / cls
 
 
 def gain_scales(maps: Sequence[torch.Tensor], strides: Sequence[float], normalise: str) -> tuple[float, float, float]:
@@ -146,8 +147,8 @@ class YoloLoss(Term):
                                         "(1 - r) + r * CIoU (YOLOv5's model.gr); 1 (default): the CIoU alone, "
                                         "0: YOLOv3's target 1")
 
-    def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), box_weight: float = 0.05,
-                 obj_weight: float = 1.0, cls_weight: float = 0.5, balance: Sequence[float] | None = None,
+    def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), box_weight: float = DEFAULT_GAINS["box"],
+                 obj_weight: float = DEFAULT_GAINS["obj"], cls_weight: float = DEFAULT_GAINS["cls"], balance: Sequence[float] | None = None,
                  anchor_t: float = 4.0, normalise: str = "none", iou_ratio: float = 1.0):
         super().__init__()
         if normalise not in NORMALISE:

@@ -21,7 +21,8 @@ Rows (test split of each data set), every student built from its recipe's distil
   gamma 0.5, as measured before; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD;
   ``objectness_kd_iou``: the same with ``quality: iou`` (the objectness target scaled by the boxes' IoU, as chen_kd's);
   ``objectness_kd_nobox``: the same without its teacher-box part (``box_weight: 0``, as chen_kd's nu 0);
-  ``objectness_kd_ciou``: the teacher-box part in the detection loss's units (``box_loss: ciou``);
+  ``objectness_kd_det``: each teacher part the detection loss's own function and gain (``units: detection``:
+  objectness level balance, class and CIoU box losses over the teacher's objectness mass);
   ``objectness_kd_hints``: that + neck hints at gamma 0.5 (as measured);
 - ``pkd``: detection loss + Pearson-correlation feature KD on the neck levels (Cao et al. 2022: per-channel
   standardised maps, ½·MSE summed over P3-P5, weight 6; 1x1 adapters where teacher and student channels differ);
@@ -105,7 +106,7 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "objectness_kd": ("teacher", [DET, OKD]),
     "objectness_kd_iou": ("teacher", [DET, dict(OKD, quality="iou")]),
     "objectness_kd_nobox": ("teacher", [DET, dict(OKD, box_weight=0.0)]),
-    "objectness_kd_ciou": ("teacher", [DET, dict(OKD, box_loss="ciou")]),
+    "objectness_kd_det": ("teacher", [DET, dict(OKD, units="detection")]),
     "chen_kd_hints": ("teacher", [CHEN, HINTS]),
     "chen_kd_paper": ("teacher", [CHEN_PAPER]),
     "chen_kd_paper_hints": ("teacher", [CHEN_PAPER, HINTS_W05]),

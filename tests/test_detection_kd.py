@@ -80,7 +80,7 @@ def test_objectness_scaled_kd_with_iou_quality_scales_the_objectness_target_by_b
         ObjectnessScaledKD(quality="iou")
 
 
-def test_objectness_scaled_kd_ciou_box_part_is_the_box_loss_against_the_teacher_box():
+def test_objectness_scaled_kd_in_detection_units_uses_the_detection_loss_functions_and_gains():
     heads = [HeadSpec(8, ((10.0, 10.0),))]
     # two cells; the teacher is sure of the first (σ(1e4) = 1) and not of the second (σ(-1e4) = 0), class 0.5,
     # box params (0.5, 0.5, 1, 1) at both. The student matches it but for its width at the first cell:
@@ -92,11 +92,19 @@ def test_objectness_scaled_kd_ciou_box_part_is_the_box_loss_against_the_teacher_
     iou = 1 / 2.25
     v = 4 / math.pi ** 2 * (math.atan(2.25) - math.atan(1.0)) ** 2
     miss = 1 - (iou - v / (1 - iou + v) * v)  # 1 − CIoU; the centres coincide
-    term = ObjectnessScaledKD(fm_nms=False, heads=heads, box_loss="ciou")
+    term = ObjectnessScaledKD(fm_nms=False, heads=heads, units="detection")
     term(student, [teacher], None)
     # objectness mass 1 + 0 = 1: the miss at the first cell, times the box loss's gain 0.05
     assert term.last["box"].item() == pytest.approx(0.05 * miss, rel=1e-4)
     assert term.last["obj"].item() == pytest.approx(0.0, abs=1e-6)
+    assert term.last["cls"].item() == pytest.approx(0.0, abs=1e-6)
+    # objectness: the hard loss's gain 1 and level balance (4 for a single level) times the mean over the cells;
+    # class: its gain 0.5 times the σ(o^T)-weighted mean over the teacher's mass (the second cell weighs 0)
+    s[0, 0, 0, 1, 4] = LN3
+    s[0, 0, 0, :, 5] = LN3
+    term(student, [teacher], None)
+    assert term.last["obj"].item() == pytest.approx(4.0 * math.log(4) / 2, rel=1e-4)
+    assert term.last["cls"].item() == pytest.approx(0.5 * kl(0.5, 0.75), rel=1e-4)
     # a mass under 1 is not divided up to 1: a teacher at σ = 0.75 gives 0.75 of the miss
     t[0, 0, 0, 0, 4] = LN3
     s[0, 0, 0, 0, 4] = LN3
@@ -107,12 +115,12 @@ def test_objectness_scaled_kd_ciou_box_part_is_the_box_loss_against_the_teacher_
     s[0, 0, 0, :, 4] = 1e4
     term(student, [teacher], None)
     assert term.last["box"].item() == pytest.approx(0.05 * miss / 2, rel=1e-4)
-    assert ObjectnessScaledKD(fm_nms=False, heads=heads, box_loss="ciou")(teacher, [teacher], None).item() == (
+    assert ObjectnessScaledKD(fm_nms=False, heads=heads, units="detection")(teacher, [teacher], None).item() == (
         pytest.approx(0.0, abs=1e-6))
-    with pytest.raises(ConfigError, match="box_loss"):
-        ObjectnessScaledKD(box_loss="l1")
+    with pytest.raises(ConfigError, match="units"):
+        ObjectnessScaledKD(units="yolo")
     with pytest.raises(ConfigError, match="anchors"):
-        ObjectnessScaledKD(box_loss="ciou")
+        ObjectnessScaledKD(units="detection")
 
 
 def test_objectness_scaled_kd_needs_equal_heads():

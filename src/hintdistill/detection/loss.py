@@ -147,8 +147,9 @@ class YoloLoss(Term):
                                         "(1 - r) + r * CIoU (YOLOv5's model.gr); 1 (default): the CIoU alone, "
                                         "0: YOLOv3's target 1")
 
-    def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32), box_weight: float = DEFAULT_GAINS["box"],
-                 obj_weight: float = DEFAULT_GAINS["obj"], cls_weight: float = DEFAULT_GAINS["cls"], balance: Sequence[float] | None = None,
+    def __init__(self, anchors: Any, strides: Sequence[float] = (8, 16, 32),
+                 box_weight: float = DEFAULT_GAINS["box"], obj_weight: float = DEFAULT_GAINS["obj"],
+                 cls_weight: float = DEFAULT_GAINS["cls"], balance: Sequence[float] | None = None,
                  anchor_t: float = 4.0, normalise: str = "none", iou_ratio: float = 1.0):
         super().__init__()
         if normalise not in NORMALISE:

@@ -16,10 +16,18 @@ candidates (all anchors) whose arg-max class is the same, only the one with the 
 it; the others get teacher objectness 0 (ties are all kept). ``quality="iou"`` (off by default: the paper's
 form) makes the objectness target σ(o^T) · IoU(student box, teacher box) at each anchor and cell, as
 ``chen_kd``'s ``quality`` does for its soft foreground (the weights of the class and box parts stay σ(o^T)).
-``box_weight`` scales the teacher-box part (1, the paper's; 0 drops it). ``box_loss="ciou"`` puts that part in
-the detection loss's units, its f_bb with the teacher's box as the target, as the paper's f_bb^Comb reads:
-``0.05 · Σ_cells σ(o^T) (1 − CIoU(b̂, b^T)) / max(Σ_cells σ(o^T), 1)`` per level, the mean over the teacher's
-(soft) positives where the hard loss averages over the assigned ones, with its box gain 0.05.
+``box_weight`` scales the teacher-box part (1, the paper's; 0 drops it).
+
+``units="detection"`` makes each teacher part the detection loss's own function and gain, as the paper's
+f^Comb reads (the same f for the ground truth and the teacher), where the paper's form above keeps YOLOv2's
+squared error of box parameters and equal level weights beside a YOLOv5 hard loss:
+
+    obj:  1.0  · Σ_l balance_l · mean_cells KL(σ(o^T) ‖ σ(ô))                  (balance 4, 1, 0.4: the hard loss's)
+    cls:  0.5  · Σ_l Σ_cells σ(o^T) · mean_c KL(σ(p^T_c) ‖ σ(p̂_c)) / max(Σ_cells σ(o^T), 1)
+    box:  0.05 · Σ_l Σ_cells σ(o^T) · (1 − CIoU(b̂, b^T))            / max(Σ_cells σ(o^T), 1)
+
+the class and box parts averaged over the teacher's (soft) positives where the hard loss averages over its
+assigned ones; each box decoded by its own head.
 
 **ChenDetectionKD** — Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge
 Distillation", adapted to a one-stage head. Per anchor and cell the class distribution is
@@ -84,6 +92,7 @@ from ..detection.loss import (
     anchor_buffer,
     as_heads,
     context_heads,
+    default_balance,
     detector_context,
     gain_scales,
     head_maps,
@@ -174,23 +183,26 @@ class ObjectnessScaledKD(Term):
         box_weight: float = Field(1.0, ge=0, description="weight of the part that pulls the student's boxes to "
                                   "the teacher's at the cells the teacher is confident at (the paper's 1; 0 drops "
                                   "it, as chen_kd's nu: 0 drops its teacher-bounded regression)")
-        box_loss: Literal["l2", "ciou"] = Field("l2", description="'l2': the paper's squared error of the box "
-                                                "parameters, σ(o_t)-weighted and averaged over all cells; 'ciou': "
-                                                "the detection loss's own box loss and gain, 0.05 · (1 − CIoU) of "
-                                                "the student's box against the teacher's, averaged over the "
-                                                "teacher's objectness mass per level (at least 1)")
+        units: Literal["paper", "detection"] = Field("paper", description="'paper': the paper's teacher parts "
+                                                     "(equal level weights, mean over all cells, squared error of "
+                                                     "box parameters); 'detection': each part the detection "
+                                                     "loss's own function and gain (objectness level balance, "
+                                                     "class and CIoU box losses averaged over the teacher's "
+                                                     "objectness mass)")
 
     def __init__(self, lambda_d: float = 1.0, fm_nms: bool = True, teacher_index: int = 0,
                  heads: Sequence[HeadSpec] | None = None, teacher_heads: Sequence[HeadSpec] | None = None,
-                 quality: str = "none", box_weight: float = 1.0, box_loss: str = "l2"):
+                 quality: str = "none", box_weight: float = 1.0, units: str = "paper"):
         super().__init__()
         self.box_weight = box_weight
-        if box_loss not in ("l2", "ciou"):
-            raise ConfigError(f"ObjectnessScaledKD box_loss='{box_loss}': choose 'l2' (the paper's) or 'ciou'")
-        if box_loss == "ciou" and box_weight and not heads:
-            raise ConfigError("ObjectnessScaledKD box_loss='ciou' decodes boxes and needs the student's anchors: "
-                              "use it in a detection recipe (the heads come from the model) or pass heads=...")
-        self.box_loss = box_loss
+        if units not in ("paper", "detection"):
+            raise ConfigError(f"ObjectnessScaledKD units='{units}': choose 'paper' or 'detection' (the detection "
+                              "loss's own functions and gains)")
+        if units == "detection" and box_weight and not heads:
+            raise ConfigError("ObjectnessScaledKD units='detection' decodes boxes for its CIoU and needs the "
+                              "student's anchors: use it in a detection recipe (the heads come from the model) or "
+                              "pass heads=...")
+        self.units = units
         if quality not in ("none", "iou"):
             raise ConfigError(f"ObjectnessScaledKD quality='{quality}': choose 'none' (the paper's target) or 'iou'")
         if quality == "iou" and not heads:
@@ -203,7 +215,7 @@ class ObjectnessScaledKD(Term):
     @classmethod
     def from_config(cls, cfg: TermConfig, context: dict) -> ObjectnessScaledKD:
         args = cfg.term_args()
-        decodes = args.get("quality") == "iou" or args.get("box_loss") == "ciou"
+        decodes = args.get("quality") == "iou" or args.get("units") == "detection"
         heads = context_heads(cfg.type, context) if decodes else context.get("heads")
         return cls(**args, heads=heads, teacher_heads=_teacher_heads(context, 0))
 
@@ -221,17 +233,21 @@ class ObjectnessScaledKD(Term):
                 t_spec = (self.teacher_heads or self.heads)[level]
                 target = t_obj * paired_iou(decode_boxes(s.detach(), self.heads[level]), decode_boxes(t, t_spec))
             obj = bernoulli_kl(s[..., 4], target).mean()
-            cls = (t_obj * bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)).mean()
-            box = (self.box_weight * self.box_part(s, t, t_obj, level) if self.box_weight else None)
+            cls_kl = bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)
+            if self.units == "paper":
+                cls = (t_obj * cls_kl).mean()
+                box = (self.box_weight * boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
+                       if self.box_weight else None)
+            else:  # the detection loss's functions: its level balance, gains, means over (soft) positives
+                mass = t_obj.sum().clamp(min=1.0)
+                obj = DEFAULT_GAINS["obj"] * default_balance(len(s_maps))[level] * obj
+                cls = DEFAULT_GAINS["cls"] * (t_obj * cls_kl).sum() / mass
+                box = None
+                if self.box_weight:
+                    t_spec = (self.teacher_heads or self.heads)[level]
+                    miss = 1.0 - ciou(decode_boxes(s, self.heads[level]), decode_boxes(t, t_spec))
+                    box = self.box_weight * DEFAULT_GAINS["box"] * (t_obj * miss).sum() / mass
             yield s, obj, cls, box
-
-    def box_part(self, s: torch.Tensor, t: torch.Tensor, t_obj: torch.Tensor, level: int) -> torch.Tensor:
-        """One level's pull of the student's boxes to the teacher's, weighted by the teacher's objectness."""
-        if self.box_loss == "l2":
-            return boxes_to_teacher(s, t, t_obj, level, self.heads, self.teacher_heads)
-        t_spec = (self.teacher_heads or self.heads)[level]
-        miss = 1.0 - ciou(decode_boxes(s, self.heads[level]), decode_boxes(t, t_spec))
-        return DEFAULT_GAINS["box"] * (t_obj * miss).sum() / t_obj.sum().clamp(min=1.0)
 
     def loss_parts(self, student: Outputs, teachers: list[Outputs], targets: Any = None) -> dict[str, torch.Tensor]:
         """The weighted parts (with gradients, λ_D included): obj, cls, box."""

@@ -23,6 +23,7 @@ Rows (test split of each data set), every student built from its recipe's distil
   ``objectness_kd_nobox``: the same without its teacher-box part (``box_weight: 0``, as chen_kd's nu 0);
   ``objectness_kd_det``: each teacher part the detection loss's own function and gain (``units: detection``:
   objectness level balance, class and CIoU box losses over the teacher's objectness mass);
+  ``objectness_kd_det_nobox``: that without its teacher-box part (``box_weight: 0``);
   ``objectness_kd_hints``: that + neck hints at gamma 0.5 (as measured);
 - ``pkd``: detection loss + Pearson-correlation feature KD on the neck levels (Cao et al. 2022: per-channel
   standardised maps, ½·MSE summed over P3-P5, weight 6; 1x1 adapters where teacher and student channels differ);
@@ -107,6 +108,7 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "objectness_kd_iou": ("teacher", [DET, dict(OKD, quality="iou")]),
     "objectness_kd_nobox": ("teacher", [DET, dict(OKD, box_weight=0.0)]),
     "objectness_kd_det": ("teacher", [DET, dict(OKD, units="detection")]),
+    "objectness_kd_det_nobox": ("teacher", [DET, dict(OKD, units="detection", box_weight=0.0)]),
     "chen_kd_hints": ("teacher", [CHEN, HINTS]),
     "chen_kd_paper": ("teacher", [CHEN_PAPER]),
     "chen_kd_paper_hints": ("teacher", [CHEN_PAPER, HINTS_W05]),

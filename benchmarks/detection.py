@@ -18,13 +18,14 @@ Rows (test split of each data set), every student built from its recipe's distil
   teacher's soft foreground scaled by the IoU of the student's box with the teacher's at each cell);
   ``chen_kd_hints``: + neck hints through 1x1 adaptation layers, gamma = 0.05 (mean over channels and
   locations); ``chen_kd_paper`` and ``chen_kd_paper_hints``: the paper's soft targets (``quality: none``) and
-  gamma 0.5, as measured before; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD;
+  gamma 0.5, as measured before; ``objectness_kd``: detection loss + Mehta & Ozturk's objectness-scaled KD in the
+  paper's YOLOv2 forms (``units: paper``, the term's default until 2026-12-07);
   ``objectness_kd_iou``: the same with ``quality: iou`` (the objectness target scaled by the boxes' IoU, as chen_kd's);
   ``objectness_kd_nobox``: the same without its teacher-box part (``box_weight: 0``, as chen_kd's nu 0);
-  ``objectness_kd_det``: each teacher part the detection loss's own function and gain (``units: detection``:
-  objectness level balance, class and CIoU box losses over the teacher's objectness mass);
+  ``objectness_kd_det``: the term's default, each teacher part the detection loss's own function and gain
+  (``units: detection``: objectness level balance, class and CIoU box losses over the teacher's objectness mass);
   ``objectness_kd_det_nobox``: that without its teacher-box part (``box_weight: 0``);
-  ``objectness_kd_hints``: that + neck hints at gamma 0.5 (as measured);
+  ``objectness_kd_hints``: ``objectness_kd`` + neck hints at gamma 0.5 (as measured);
 - ``pkd``: detection loss + Pearson-correlation feature KD on the neck levels (Cao et al. 2022: per-channel
   standardised maps, ½·MSE summed over P3-P5, weight 6; 1x1 adapters where teacher and student channels differ);
 - ablations after Chen et al.'s Table 4 (``--rows ablation/...``, BCCD's hint teacher for the hint pair; the paper's
@@ -97,7 +98,8 @@ CHEN = dict(CHEN_PAPER, quality="iou")  # the teacher's soft foreground scaled b
 # (at 0.5 they started at 10x it on raccoon and cost 3-34 points on every seed; the rows measured at 0.5 keep it)
 HINTS = {"type": "neck_hints", "weight": 0.05, "adapter": "conv1x1", "distance": "l2"}
 HINTS_W05 = dict(HINTS, weight=0.5)
-OKD = {"type": "objectness_kd", "lambda_d": 1.0, "fm_nms": True}
+OKD = {"type": "objectness_kd", "lambda_d": 1.0, "fm_nms": True, "units": "paper"}  # the rows measured before
+OKD_DET = dict(OKD, units="detection")  # the term's default since 2026-12-07
 PKD = {"type": "pkd", "weight": 6.0}  # levels: the YOLO neck's P3-P5 (the term's default)
 
 # row -> (teacher, terms); identical configurations share runs (see ALIASES)
@@ -107,8 +109,8 @@ STUDENT_ROWS: dict[str, tuple[str, list[dict]]] = {
     "objectness_kd": ("teacher", [DET, OKD]),
     "objectness_kd_iou": ("teacher", [DET, dict(OKD, quality="iou")]),
     "objectness_kd_nobox": ("teacher", [DET, dict(OKD, box_weight=0.0)]),
-    "objectness_kd_det": ("teacher", [DET, dict(OKD, units="detection")]),
-    "objectness_kd_det_nobox": ("teacher", [DET, dict(OKD, units="detection", box_weight=0.0)]),
+    "objectness_kd_det": ("teacher", [DET, OKD_DET]),
+    "objectness_kd_det_nobox": ("teacher", [DET, dict(OKD_DET, box_weight=0.0)]),
     "chen_kd_hints": ("teacher", [CHEN, HINTS]),
     "chen_kd_paper": ("teacher", [CHEN_PAPER]),
     "chen_kd_paper_hints": ("teacher", [CHEN_PAPER, HINTS_W05]),

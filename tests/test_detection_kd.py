@@ -38,18 +38,18 @@ def test_bernoulli_kl_is_zero_at_equality_and_matches_formula():
 def test_objectness_scaled_kd_hand_worked():
     teacher = one_cell([0, 0, 0, 0, LN3, 0])  # objectness 0.75, class 0.5, box params (0.5, 0.5, 1, 1)
     student = one_cell([LN3, 0, 0, 0, 0, LN3])  # objectness 0.5, class 0.75, x offset 2·0.75 − 0.5 = 1.0
-    term = ObjectnessScaledKD(fm_nms=False)
+    term = ObjectnessScaledKD(fm_nms=False, units="paper")
     expected = kl(0.75, 0.5) + 0.75 * kl(0.5, 0.75) + 0.75 * (1.0 - 0.5) ** 2
     assert term(student, [teacher], None).item() == pytest.approx(expected, rel=1e-5)
-    assert ObjectnessScaledKD(lambda_d=2.0, fm_nms=False)(student, [teacher], None).item() == pytest.approx(
-        2 * expected, rel=1e-5)
+    double = ObjectnessScaledKD(lambda_d=2.0, fm_nms=False, units="paper")
+    assert double(student, [teacher], None).item() == pytest.approx(2 * expected, rel=1e-5)
     assert term(teacher, [teacher], None).item() == pytest.approx(0.0, abs=1e-6)
-    no_box = ObjectnessScaledKD(fm_nms=False, box_weight=0.0)  # the teacher-box part dropped
+    no_box = ObjectnessScaledKD(fm_nms=False, box_weight=0.0, units="paper")  # the teacher-box part dropped
     assert no_box(student, [teacher], None).item() == pytest.approx(kl(0.75, 0.5) + 0.75 * kl(0.5, 0.75), rel=1e-5)
-    half = ObjectnessScaledKD(fm_nms=False, box_weight=0.5)
+    half = ObjectnessScaledKD(fm_nms=False, box_weight=0.5, units="paper")
     assert half(student, [teacher], None).item() == pytest.approx(expected - 0.75 * 0.25 / 2, rel=1e-5)
     # its parts are logged (objectness_kd.obj / .cls / .box), λ_D included, and sum to the loss
-    two = ObjectnessScaledKD(lambda_d=2.0, fm_nms=False)
+    two = ObjectnessScaledKD(lambda_d=2.0, fm_nms=False, units="paper")
     two(student, [teacher], None)
     assert {k: v.item() for k, v in two.last.items()} == pytest.approx(
         {"obj": 2 * kl(0.75, 0.5), "cls": 2 * 0.75 * kl(0.5, 0.75), "box": 2 * 0.75 * 0.25}, rel=1e-5)
@@ -66,18 +66,18 @@ def test_objectness_scaled_kd_with_iou_quality_scales_the_objectness_target_by_b
     student = one_cell([0, 0, LN3, 0, 0, LN3])
     heads = [HeadSpec(8, ((10.0, 10.0),))]
     q = 1 / 2.25
-    term = ObjectnessScaledKD(fm_nms=False, heads=heads, quality="iou")
+    term = ObjectnessScaledKD(fm_nms=False, heads=heads, quality="iou", units="paper")
     expected = kl(0.75 * q, 0.5) + 0.75 * kl(0.5, 0.75) + 0.75 * (2.25 - 1.0) ** 2
     assert term(student, [teacher], None).item() == pytest.approx(expected, rel=1e-5)
     # the paper's form: the target is the teacher's objectness whatever the boxes
-    paper = ObjectnessScaledKD(fm_nms=False, heads=heads)
+    paper = ObjectnessScaledKD(fm_nms=False, heads=heads, units="paper")
     assert paper(student, [teacher], None).item() == pytest.approx(
         kl(0.75, 0.5) + 0.75 * kl(0.5, 0.75) + 0.75 * (2.25 - 1.0) ** 2, rel=1e-5)
     assert term(teacher, [teacher], None).item() == pytest.approx(0.0, abs=1e-6)  # same box: q = 1
     with pytest.raises(ConfigError, match="quality"):
-        ObjectnessScaledKD(quality="gt")
+        ObjectnessScaledKD(quality="gt", units="paper")
     with pytest.raises(ConfigError, match="anchors"):
-        ObjectnessScaledKD(quality="iou")
+        ObjectnessScaledKD(quality="iou", units="paper")
 
 
 def test_objectness_scaled_kd_in_detection_units_uses_the_detection_loss_functions_and_gains():
@@ -119,13 +119,14 @@ def test_objectness_scaled_kd_in_detection_units_uses_the_detection_loss_functio
         pytest.approx(0.0, abs=1e-6))
     with pytest.raises(ConfigError, match="units"):
         ObjectnessScaledKD(units="yolo")
-    with pytest.raises(ConfigError, match="anchors"):
-        ObjectnessScaledKD(units="detection")
+    with pytest.raises(ConfigError, match="anchors.*model_heads.*units='paper'"):
+        ObjectnessScaledKD()  # the default decodes boxes: without heads the error names both ways out
+    assert ObjectnessScaledKD(box_weight=0.0).units == "detection"  # no box part, nothing to decode
 
 
 def test_objectness_scaled_kd_needs_equal_heads():
     with pytest.raises(ShapeError, match="same levels, anchors and classes"):
-        ObjectnessScaledKD()(one_cell([0] * 6), [one_cell([0] * 7, classes=2)], None)
+        ObjectnessScaledKD(units="paper")(one_cell([0] * 6), [one_cell([0] * 7, classes=2)], None)
 
 
 def test_fm_nms_keeps_the_best_of_each_class_in_3x3():
@@ -147,7 +148,7 @@ def test_fm_nms_zeroes_the_suppressed_teacher_objectness():
     teacher = {"head:0": torch.zeros(1, 1, 1, 2, 6)}
     teacher["head:0"][0, 0, 0, :, 4] = torch.tensor([LN3, 0.0])  # 0.75 suppresses 0.5 (same class)
     student = {"head:0": teacher["head:0"].clone()}
-    value = ObjectnessScaledKD()(student, [teacher], None).item()
+    value = ObjectnessScaledKD(units="paper")(student, [teacher], None).item()
     # cell 0 matches exactly; cell 1's target becomes 0, the student says 0.5: KL(0 ‖ 0.5) = ln 2, mean of 2 cells
     assert value == pytest.approx(math.log(2) / 2, rel=1e-5)
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from hintdistill.detection.anchors import kmeans_anchors, mean_best_iou
 from hintdistill.detection.boxes import ciou
 from hintdistill.detection.evaluate import evaluate_detector
+from hintdistill.detection.heads import model_heads
 from hintdistill.detection.loss import YoloLoss, predicted_boxes
 from hintdistill.distiller import Distiller
 from hintdistill.errors import DataError
@@ -132,7 +133,7 @@ def test_tiny_distillation_runs_and_trains_adapters():
     levels = [(f"neck.p{i}", f"neck.p{i}") for i in (3, 4, 5)]
     distiller = Distiller(student, teacher, {
         "det": (YoloLoss.for_model(student), 1.0),
-        "osd": (ObjectnessScaledKD(), 1.0),
+        "osd": (ObjectnessScaledKD(heads=model_heads(student)), 1.0),
         "hint": (NeckHints(levels, imitation_mask=True, anchors=teacher.anchors), 0.5),
     }, example_inputs=images)
     optimizer = torch.optim.Adam(distiller.trainable_parameters(), lr=3e-3)

@@ -8,26 +8,27 @@ see ``hintdistill.detection.boxes``). Objective, as in Chen et al. 2017:
     f_cl^Comb  = f_cl(p^gt, p̂)  + ô^T · λ_D · f_cl(p^T, p̂)
     f_bb^Comb  = f_bb(b^gt, b̂)  + ô^T · λ_D · f_bb(b^T, b̂)          λ_D = 1
 
-The ground-truth parts are ``YoloLoss``; this term is the teacher parts, per level and summed over levels:
-λ_D · [ mean_cells KL(σ(o^T) ‖ σ(ô))  +  mean_cells σ(o^T) · mean_c KL(σ(p^T_c) ‖ σ(p̂_c))
-        +  mean_cells σ(o^T) · Σ_4 (β̂ − β^T)² ], with Bernoulli KLs and β = ``box_params`` (centre offset
-in cells, size in anchors). FM-NMS (on by default): in every 3×3 neighbourhood of cells, among the teacher's
-candidates (all anchors) whose arg-max class is the same, only the one with the highest objectness keeps
-it; the others get teacher objectness 0 (ties are all kept). ``quality="iou"`` (off by default: the paper's
-form) makes the objectness target σ(o^T) · IoU(student box, teacher box) at each anchor and cell, as
-``chen_kd``'s ``quality`` does for its soft foreground (the weights of the class and box parts stay σ(o^T)).
-``box_weight`` scales the teacher-box part (1, the paper's; 0 drops it).
-
-``units="detection"`` makes each teacher part the detection loss's own function and gain, as the paper's
-f^Comb reads (the same f for the ground truth and the teacher), where the paper's form above keeps YOLOv2's
-squared error of box parameters and equal level weights beside a YOLOv5 hard loss:
+The ground-truth parts are ``YoloLoss``; this term is the teacher parts, per level and summed over levels, each
+with the detection loss's own function and gain (``units="detection"``, the default: the paper pairs the same f
+for the ground truth and the teacher, and our f are YOLOv5's):
 
     obj:  1.0  · Σ_l balance_l · mean_cells KL(σ(o^T) ‖ σ(ô))                  (balance 4, 1, 0.4: the hard loss's)
     cls:  0.5  · Σ_l Σ_cells σ(o^T) · mean_c KL(σ(p^T_c) ‖ σ(p̂_c)) / max(Σ_cells σ(o^T), 1)
     box:  0.05 · Σ_l Σ_cells σ(o^T) · (1 − CIoU(b̂, b^T))            / max(Σ_cells σ(o^T), 1)
 
-the class and box parts averaged over the teacher's (soft) positives where the hard loss averages over its
-assigned ones; each box decoded by its own head.
+times λ_D, with Bernoulli KLs (the BCE's gradients, 0 when student == teacher); the class and box parts are
+averaged over the teacher's (soft) positives where the hard loss averages over its assigned ones, and each box is
+decoded by its own head. ``units="paper"`` keeps the paper's YOLOv2 forms beside our YOLOv5 hard loss, equal
+level weights and means over all cells:
+λ_D · [ mean_cells KL(σ(o^T) ‖ σ(ô))  +  mean_cells σ(o^T) · mean_c KL(σ(p^T_c) ‖ σ(p̂_c))
+        +  mean_cells σ(o^T) · Σ_4 (β̂ − β^T)² ], β = ``box_params`` (centre offset in cells, size in anchors).
+On raccoon its box part cost 4 points where the detection units gain 4.5 (benchmarks/RESULTS.md, point 10).
+FM-NMS (on by default): in every 3×3 neighbourhood of cells, among the teacher's
+candidates (all anchors) whose arg-max class is the same, only the one with the highest objectness keeps
+it; the others get teacher objectness 0 (ties are all kept). ``quality="iou"`` (off by default: the paper's
+form) makes the objectness target σ(o^T) · IoU(student box, teacher box) at each anchor and cell, as
+``chen_kd``'s ``quality`` does for its soft foreground (the weights of the class and box parts stay σ(o^T)).
+``box_weight`` scales the teacher-box part (1, the paper's; 0 drops it).
 
 **ChenDetectionKD** — Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge
 Distillation", adapted to a one-stage head. Per anchor and cell the class distribution is
@@ -183,25 +184,27 @@ class ObjectnessScaledKD(Term):
         box_weight: float = Field(1.0, ge=0, description="weight of the part that pulls the student's boxes to "
                                   "the teacher's at the cells the teacher is confident at (the paper's 1; 0 drops "
                                   "it, as chen_kd's nu: 0 drops its teacher-bounded regression)")
-        units: Literal["paper", "detection"] = Field("paper", description="'paper': the paper's teacher parts "
-                                                     "(equal level weights, mean over all cells, squared error of "
-                                                     "box parameters); 'detection': each part the detection "
-                                                     "loss's own function and gain (objectness level balance, "
-                                                     "class and CIoU box losses averaged over the teacher's "
-                                                     "objectness mass)")
+        units: Literal["detection", "paper"] = Field("detection", description="'detection' (default): each "
+                                                     "teacher part the detection loss's own function and gain "
+                                                     "(objectness level balance, class and CIoU box losses averaged "
+                                                     "over the teacher's objectness mass), as the paper pairs the "
+                                                     "same f for ground truth and teacher; 'paper': the paper's "
+                                                     "YOLOv2 forms (equal level weights, means over all cells, "
+                                                     "squared error of the box parameters)")
 
     def __init__(self, lambda_d: float = 1.0, fm_nms: bool = True, teacher_index: int = 0,
                  heads: Sequence[HeadSpec] | None = None, teacher_heads: Sequence[HeadSpec] | None = None,
-                 quality: str = "none", box_weight: float = 1.0, units: str = "paper"):
+                 quality: str = "none", box_weight: float = 1.0, units: str = "detection"):
         super().__init__()
         self.box_weight = box_weight
         if units not in ("paper", "detection"):
             raise ConfigError(f"ObjectnessScaledKD units='{units}': choose 'paper' or 'detection' (the detection "
                               "loss's own functions and gains)")
         if units == "detection" and box_weight and not heads:
-            raise ConfigError("ObjectnessScaledKD units='detection' decodes boxes for its CIoU and needs the "
-                              "student's anchors: use it in a detection recipe (the heads come from the model) or "
-                              "pass heads=...")
+            raise ConfigError("ObjectnessScaledKD units='detection' (the default) decodes boxes for its CIoU and "
+                              "needs the student's anchors: use it in a detection recipe (the heads come from the "
+                              "model), pass heads=model_heads(student) (hintdistill.detection.heads), or choose "
+                              "units='paper' (squared error of the box parameters, no anchors needed)")
         self.units = units
         if quality not in ("none", "iou"):
             raise ConfigError(f"ObjectnessScaledKD quality='{quality}': choose 'none' (the paper's target) or 'iou'")

@@ -124,7 +124,7 @@ HEADER = {
 # and +4.4, the raccoon gain against a baseline that leaned on batch statistics.) Mehta & Ozturk's objectness-
 # scaled KD, each teacher part in the detection loss's own function and gain (the term's default), is one --set away:
 #   --set 'distill.0.terms=[{{type: detection}}, {{type: objectness_kd}}]'
-# (60 epochs: +7.9 on BCCD, +4.5 on raccoon, +9.3 on the synthetic set; in the paper's YOLOv2 forms,
+# (60 epochs: +7.9 on BCCD, +4.5 on raccoon, +8.1 on the synthetic set; in the paper's YOLOv2 forms,
 # units: paper, +5.9, -0.6 and +3.2). chen_kd alone at 60 epochs: +6.2 on BCCD, +7.3 on raccoon, +7.9 on the
 # synthetic set. Neck hints at weight 0.5 put raccoon below its baseline on every seed.
 # Anchors: 9 k-means anchors of the training boxes, stored in every model.pt. On 2 CPU cores the full schedule

@@ -19,8 +19,8 @@ for the ground truth and the teacher, and our f are YOLOv5's):
 times λ_D, with Bernoulli KLs (the BCE's gradients, 0 when student == teacher); the class and box parts are
 averaged over the teacher's (soft) positives where the hard loss averages over its assigned ones, and each box is
 decoded by its own head. The gains and balance are the ``detection`` term's defaults (YOLOv5's); a recipe that
-changes that term's gains scales these with ``lambda_d`` or the term's weight. ``units="paper"`` keeps the paper's YOLOv2 forms beside our YOLOv5 hard loss, equal
-level weights and means over all cells:
+changes that term's gains scales these with ``lambda_d`` or the term's weight. ``units="paper"`` keeps the
+paper's YOLOv2 forms beside our YOLOv5 hard loss, equal level weights and means over all cells:
 λ_D · [ mean_cells KL(σ(o^T) ‖ σ(ô))  +  mean_cells σ(o^T) · mean_c KL(σ(p^T_c) ‖ σ(p̂_c))
         +  mean_cells σ(o^T) · Σ_4 (β̂ − β^T)² ], β = ``box_params`` (centre offset in cells, size in anchors).
 On raccoon its box part cost 4 points where the detection units gain 4.5 (benchmarks/RESULTS.md, point 10).

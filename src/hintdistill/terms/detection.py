@@ -229,13 +229,17 @@ class ObjectnessScaledKD(Term):
     def levels(self, student: Outputs, teachers: list[Outputs]):
         """Per level, its (objectness, class, teacher-box) parts with gradients, before λ_D (box None at weight 0)."""
         s_maps, t_maps = _check_same_heads(student, teachers[self.teacher_index], type(self).__name__)
+        ciou_box = self.units == "detection" and bool(self.box_weight)
+        balance = default_balance(len(s_maps))
         for level, (s, t) in enumerate(zip(s_maps, t_maps, strict=True)):
             s, t = s.float(), t.detach().float()
             t_obj = teacher_objectness(t, self.fm_nms)
             target = t_obj
+            if self.quality == "iou" or ciou_box:  # each side's boxes decoded once, by its own head
+                s_boxes = decode_boxes(s, self.heads[level])
+                t_boxes = decode_boxes(t, (self.teacher_heads or self.heads)[level])
             if self.quality == "iou":  # the teacher's confidence is about its own box: scale by the boxes' IoU
-                t_spec = (self.teacher_heads or self.heads)[level]
-                target = t_obj * paired_iou(decode_boxes(s.detach(), self.heads[level]), decode_boxes(t, t_spec))
+                target = t_obj * paired_iou(s_boxes.detach(), t_boxes)
             obj = bernoulli_kl(s[..., 4], target).mean()
             cls_kl = bernoulli_kl(s[..., 5:], t[..., 5:].sigmoid()).mean(-1)
             if self.units == "paper":
@@ -244,13 +248,10 @@ class ObjectnessScaledKD(Term):
                        if self.box_weight else None)
             else:  # the detection loss's functions: its level balance, gains, means over (soft) positives
                 mass = t_obj.sum().clamp(min=1.0)
-                obj = DEFAULT_GAINS["obj"] * default_balance(len(s_maps))[level] * obj
+                obj = DEFAULT_GAINS["obj"] * balance[level] * obj
                 cls = DEFAULT_GAINS["cls"] * (t_obj * cls_kl).sum() / mass
-                box = None
-                if self.box_weight:
-                    t_spec = (self.teacher_heads or self.heads)[level]
-                    miss = 1.0 - ciou(decode_boxes(s, self.heads[level]), decode_boxes(t, t_spec))
-                    box = self.box_weight * DEFAULT_GAINS["box"] * (t_obj * miss).sum() / mass
+                box = (self.box_weight * DEFAULT_GAINS["box"] * (t_obj * (1.0 - ciou(s_boxes, t_boxes))).sum() / mass
+                       if ciou_box else None)
             yield s, obj, cls, box
 
     def loss_parts(self, student: Outputs, teachers: list[Outputs], targets: Any = None) -> dict[str, torch.Tensor]:

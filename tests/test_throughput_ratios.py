@@ -2,6 +2,7 @@
 themselves are measured, not tested)."""
 
 import pytest
+import torch
 from conftest import load_script
 
 
@@ -20,3 +21,17 @@ def test_paired_ratios_cancel_a_load_change_between_rounds():
              "paired": {"(c)/(a)": paired["(c)/(a)"]}}]
     line = [x for x in bench.target_table(rows) if "(c)/(a)" in x][0]
     assert "| 0.952 |" in line and "0.952 (0.952-0.952)" in line and line.endswith("| 0.95 | yes |")
+
+
+def test_hintdistill_variants_train_the_students_batchnorms_in_every_round(tmp_path):
+    # as the hand loop does: a round past the stage's last epoch would put them in eval mode (a cheaper step)
+    bench = load_script("benchmarks/throughput.py")
+    wl = bench.Workload("fmnist_cnn", 8, 2)
+    for kind in ("hd_student", "hd_kd", "hd_kd_cached", "hd_hint"):
+        run, stage = bench.hd_variant(wl, kind, tmp_path)
+        for _ in range(3):
+            run()
+        bns = [m for m in stage.student.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert bns and all(m.training for m in bns), kind
+        counts = {int(m.num_batches_tracked) for m in bns}  # the hint stage stops early: layers above it do not run
+        assert counts == {3 * 2} if kind != "hd_hint" else counts == {0, 3 * 2}, kind

@@ -110,3 +110,29 @@ def test_input_check_finds_every_kind_of_bad_value_and_passes_huge_finite_ones()
     x = torch.tensor([float("inf"), -float("inf")])  # opposite infinities sum to NaN: still found
     assert nonfinite_part(x) == "2 infinite values (of 2 in a [2] tensor)"
     assert nonfinite_part(torch.tensor([1, 2])) is None  # integer tensors are not checked
+
+
+def test_one_snapshot_serves_every_step_and_follows_replaced_buffers(small_cnn, batch):
+    # the statistics put back are those of just before the bad batch, after good steps moved them
+    x, y = batch
+    student = small_cnn()
+    blow = Blowup(1.0)
+    d = Distiller(student, None, {"ce": (blow, 1.0)}, example_inputs=x[:2]).train()
+    d(x, y)
+    d(x * 2, y)
+    moved = bn_state(student)
+    blow.factor = float("nan")
+    with pytest.raises(NonFiniteError):
+        d(x, y)
+    assert all(torch.equal(moved[k], v) for k, v in bn_state(student).items())
+    # a buffer replaced between steps (an assignment, or model.to()) is snapshotted anew, not the old tensor
+    bn = student.features.stage1[0][1]
+    bn.running_mean = torch.full_like(bn.running_mean, 3.0)
+    blow.factor = 1.0
+    d(x, y)
+    moved = bn_state(student)
+    blow.factor = float("nan")
+    with pytest.raises(NonFiniteError):
+        d(x * 3, y)
+    assert all(torch.equal(moved[k], v) for k, v in bn_state(student).items())
+    assert not torch.equal(moved["features.stage1.0.1.running_mean"], torch.full_like(bn.running_mean, 3.0))

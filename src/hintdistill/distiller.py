@@ -71,7 +71,7 @@ class Distiller(nn.Module):
         # Stop each forward at the last tapped layer when no term reads a final output (a hint stage).
         self.stop_early = not any(t.reads_final_output for t in self.terms.values())
         self._ready = False
-        self._buffer_owners: list[nn.Module] | None = None  # listed after setup (adapters have no buffers yet before)
+        self._snapshot: BufferSnapshot | None = None  # made after setup (adapters have no buffers yet before)
         if example_inputs is not None:
             self.setup(example_inputs)
 
@@ -153,7 +153,8 @@ class Distiller(nn.Module):
             value, parts = loss_and_parts(term, term(student_out, teacher_outputs, targets))
             losses[name] = value.detach()
             losses.update({f"{name}.{part}": v.detach() for part, v in parts.items()})  # logged, not summed
-            weighted = self.weight(name) * value
+            w = self.weight(name)
+            weighted = value if w == 1.0 else w * value  # x * 1.0 is x: one op (and its backward) less
             total = weighted if total is None else total + weighted
         losses["loss"] = total
         self.check_losses(losses, snapshot)
@@ -169,9 +170,12 @@ class Distiller(nn.Module):
             self.nonfinite(f"the input batch holds {bad}, so every loss would be non-finite", "the input batch", True)
         if not self.training:
             return None
-        if self._buffer_owners is None:  # the student's and the terms' modules that hold buffers, listed once
-            self._buffer_owners = [m for root in (self.student, self.terms) for m in root.modules() if m._buffers]
-        return BufferSnapshot(owners=self._buffer_owners)
+        if self._snapshot is None:  # the student's and the terms' modules that hold buffers, listed once
+            self._snapshot = BufferSnapshot(owners=[m for root in (self.student, self.terms) for m in root.modules()
+                                                    if m._buffers])
+        else:
+            self._snapshot.take()
+        return self._snapshot
 
     def check_losses(self, losses: dict[str, torch.Tensor], snapshot: BufferSnapshot | None) -> None:
         """A non-finite loss puts the student's batch-norm statistics back and raises (or warns): a loop that

@@ -52,17 +52,31 @@ def nonfinite_terms(losses: dict[str, torch.Tensor]) -> list[str]:
 
 
 class BufferSnapshot:
-    """A copy of a module's floating-point buffers (batch-norm running statistics) to put back after a
-    forward whose result is thrown away; costs one copy of the buffers (kilobytes), not of the weights."""
+    """A copy of a module's buffers (batch-norm running statistics and counters) to put back after a
+    forward whose result is thrown away; costs one copy of the buffers (kilobytes), not of the weights.
+
+    ``take()`` copies them again into the same storage (one ``_foreach_copy_``, no allocation), so one snapshot
+    object serves every step of a loop."""
 
     def __init__(self, *modules: nn.Module, owners: list[nn.Module] | None = None):
         """The buffers of ``modules`` and their submodules; or, faster, of exactly the modules in ``owners`` (a
         list made once, e.g. of the modules that have buffers: a walk over a model's tree every step costs more
         than the copy)."""
-        owners = owners if owners is not None else list(dict.fromkeys(m for root in modules for m in root.modules()))
-        self.buffers = [b for m in owners for b in m._buffers.values()
-                        if b is not None and (b.is_floating_point() or b.dtype == torch.long)]
-        self.saved = [b.detach().clone() for b in self.buffers]
+        self.owners = owners if owners is not None else list(dict.fromkeys(m for root in modules for m in root.modules()))
+        self.buffers: list[torch.Tensor] = []
+        self.saved: list[torch.Tensor] = []
+        self.take()
+
+    def take(self) -> None:
+        """Copy the buffers as they are now. A buffer replaced since the last copy (``model.to()``, an assignment)
+        is found by identity, and the copies are made anew."""
+        current = [b for m in self.owners for b in m._buffers.values() if b is not None]
+        if len(current) != len(self.buffers) or any(a is not b for a, b in zip(current, self.buffers, strict=True)):
+            self.buffers, self.saved = current, [b.detach().clone() for b in current]
+            return
+        if self.saved:
+            with torch.no_grad():
+                torch._foreach_copy_(self.saved, self.buffers)
 
     def restore(self) -> None:
         with torch.no_grad():

@@ -12,8 +12,10 @@ nor their batch-norm statistics change, whatever the loop around them does.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -24,6 +26,8 @@ from .finite import BufferSnapshot, NonFiniteError, nonfinite_part, nonfinite_te
 from .schema import LinearRamp
 from .taps import Outputs, Taps
 from .terms.base import Term, loss_and_parts
+
+_training = attrgetter("training")
 
 Weight = float | LinearRamp  # a constant, or a schedule called with the (fractional) epoch
 NONFINITE_MODES = ("raise", "warn", "ignore")  # what forward does with a NaN/inf input or loss (issue 12)
@@ -123,7 +127,7 @@ class Distiller(nn.Module):
             for teacher, taps, modules in zip(self.teachers, self.teacher_taps, self._teacher_modules, strict=True):
                 # A user's loop may have called .train() on the teacher or on any of its submodules
                 # (the root's flag alone does not tell), so every module's flag is checked on every call.
-                if any(m.training for m in modules):
+                if any(map(_training, modules)):
                     teacher.eval()
                 outs.append(taps.run(inputs, stop_early=self.stop_early and self._ready))
         # Inference tensors cannot be saved for the student's backward (a hint's MSE saves its target):
@@ -180,7 +184,7 @@ class Distiller(nn.Module):
     def check_losses(self, losses: dict[str, torch.Tensor], snapshot: BufferSnapshot | None) -> None:
         """A non-finite loss puts the student's batch-norm statistics back and raises (or warns): a loop that
         goes on would otherwise step the optimizer with NaN gradients."""
-        if self.on_nonfinite == "ignore" or bool(torch.isfinite(losses["loss"])):
+        if self.on_nonfinite == "ignore" or math.isfinite(float(losses["loss"].detach())):
             return
         if snapshot is not None:
             snapshot.restore()

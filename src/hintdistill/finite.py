@@ -3,6 +3,7 @@ statistics from being poisoned by a step that is then skipped."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ def nonfinite_part(value: Any) -> str | None:
     for t in tensors(value):
         # fast path: a finite sum means every element is finite (one reduction, ~10x cheaper than isfinite().all()
         # on a CPU batch); a non-finite sum (a NaN, an inf, or an overflow of huge finite values) is checked exactly
-        if bool(torch.isfinite(t.sum())):
+        if math.isfinite(float(t.sum())):
             continue
         if not bool(torch.isfinite(t).all()):
             nans, infs = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())

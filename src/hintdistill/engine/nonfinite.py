@@ -5,6 +5,8 @@ kept and a message saying what to try."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import TrainingDiverged
@@ -37,9 +39,10 @@ class NonFiniteGuard:
         if norm is None:
             grads = [p.grad for p in self.stage.trainable if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if bool(torch.isfinite(norm)):
+        value = float(norm)  # one read of a scalar (math.isfinite on it: 0.4 us, torch.isfinite: 5 us)
+        if math.isfinite(value):
             return None
-        return NonFiniteError(f"the gradients' norm is {float(norm)}", "the gradients", False)
+        return NonFiniteError(f"the gradients' norm is {value}", "the gradients", False)
 
     def good(self) -> None:
         self.in_row = 0

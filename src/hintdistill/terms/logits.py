@@ -27,7 +27,7 @@ from .registry import TermConfig, register_term
 def soft_targets(teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
     """Average of the teachers' softmax(z / T): the ensemble's soft targets."""
     probs = [F.softmax(z.float() / temperature, dim=1) for z in teacher_logits]
-    return torch.stack(probs).mean(0)
+    return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)  # the mean of one is itself, exactly
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -97,6 +97,25 @@ def test_non_finite_gradients_of_a_finite_loss_are_found():
     assert guard.gradients(None, amp=False) is None
 
 
+def test_the_fused_gradient_check_finds_one_bad_element_and_leaves_the_gradients_as_they_were():
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (5, 7, 3)]
+    guard = NonFiniteGuard(types.SimpleNamespace(trainable=params))
+    g = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 1e30  # huge but finite: a norm of them overflows, they do not
+    before = [p.grad.clone() for p in params]
+    assert guard.gradients(None, amp=False) is None and guard._fused
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, params, strict=True))  # unscaled by exactly 1
+    params[1].grad[4] = float("nan")
+    failure = guard.gradients(None, amp=False)
+    assert failure.source == "the gradients" and str(failure) == "the gradients' norm is nan"
+    # gradients of two dtypes: the per-tensor norm instead
+    mixed = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]
+    guard = NonFiniteGuard(types.SimpleNamespace(trainable=mixed))
+    mixed[0].grad, mixed[1].grad = torch.ones(2), torch.tensor([1.0, float("-inf")], dtype=torch.float64)
+    assert str(guard.gradients(None, amp=False)) == "the gradients' norm is inf" and guard._fused is False
+
+
 def test_input_check_finds_every_kind_of_bad_value_and_passes_huge_finite_ones():
     # the check sums first (fast) and looks element by element only when the sum is not finite
     from hintdistill.finite import nonfinite_part

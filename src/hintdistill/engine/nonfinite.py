@@ -21,6 +21,8 @@ class NonFiniteGuard:
         self.stage = stage
         self.in_row = 0
         self.in_epoch = 0
+        self._found: torch.Tensor | None = None  # the fused check's flag, once the gradients are known to allow it
+        self._fused: bool | None = None
 
     def agree(self, failure: NonFiniteError | None, d: Dist, device: torch.device) -> NonFiniteError | None:
         """Under DDP every process skips when one must, or the others would wait in backward forever."""
@@ -38,11 +40,37 @@ class NonFiniteGuard:
             return None
         if norm is None:
             grads = [p.grad for p in self.stage.trainable if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if not grads or (self.fused(grads) and self.all_finite(grads)):
+                return None
+            norm = torch.nn.utils.get_total_norm(grads)
         value = float(norm)  # one read of a scalar (math.isfinite on it: 0.4 us, torch.isfinite: 5 us)
         if math.isfinite(value):
             return None
         return NonFiniteError(f"the gradients' norm is {value}", "the gradients", False)
+
+    def fused(self, grads: list[torch.Tensor]) -> bool:
+        """Whether the gradients suit one fused check: dense, of one device and one floating dtype (decided once,
+        as the trainable parameters do not change within a stage)."""
+        if self._fused is None:
+            kinds = {(g.device, g.dtype) for g in grads}
+            self._fused = (len(kinds) == 1 and not any(g.is_sparse for g in grads) and grads[0].is_floating_point()
+                           and hasattr(torch, "_amp_foreach_non_finite_check_and_unscale_"))
+            if self._fused:
+                self._found = torch.zeros(1, device=grads[0].device)
+                self._one = torch.ones(1, device=grads[0].device)
+        return self._fused
+
+    def all_finite(self, grads: list[torch.Tensor]) -> bool:
+        """Every gradient element finite, in one pass over them all: the kernel GradScaler.unscale_ uses, at a
+        scale of exactly 1 (the gradients keep their values). It dispatches once where a norm dispatches once per
+        tensor: 55 us against 160-250 us for the 29 tensors of the fmnist cnn."""
+        self._found.zero_()
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, self._one)
+        except (RuntimeError, NotImplementedError):  # a dtype or device without the kernel: the norm from now on
+            self._fused = False
+            return False
+        return float(self._found) == 0.0
 
     def good(self) -> None:
         self.in_row = 0

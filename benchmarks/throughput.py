@@ -308,7 +308,9 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
     built, seconds = {}, {label: [] for label in stages}
     with tempfile.TemporaryDirectory() as tmp:
         for label, (cfg, teachers) in stages.items():
-            cfg = StageConfig(**{**cfg, "name": label, "batch_size": 4, "epochs": 1})
+            # epoch 0 of a long stage, without the recipe's bn_frozen_epochs: BatchNorms train, as in most epochs
+            # (until 2026-12-07 "epochs": 1 made every timed epoch a BN-frozen one, for both stages)
+            cfg = StageConfig(**{**cfg, "name": label, "batch_size": 4, "epochs": 10**6, "bn_frozen_epochs": 0})
             student = instantiate(model_spec(recipe.student, data.model_defaults))
             trainer = PhaseTrainer(Phase(label, student, {"name": "yolo"}, [cfg], teachers), data, Path(tmp),
                                    torch.device("cpu"), Dist(), 0, log=lambda _: None)

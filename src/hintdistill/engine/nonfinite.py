@@ -21,8 +21,10 @@ class NonFiniteGuard:
         self.stage = stage
         self.in_row = 0
         self.in_epoch = 0
-        self._found: torch.Tensor | None = None  # the fused check's flag, once the gradients are known to allow it
+        # the fused check: whether the gradients allow it (decided at the first step), its flag and its scale of 1
         self._fused: bool | None = None
+        self._found: torch.Tensor | None = None
+        self._one: torch.Tensor | None = None
 
     def agree(self, failure: NonFiniteError | None, d: Dist, device: torch.device) -> NonFiniteError | None:
         """Under DDP every process skips when one must, or the others would wait in backward forever."""

@@ -114,8 +114,10 @@ TORCHRUN = shutil.which("torchrun", path=f"{BIN}{os.pathsep}{os.environ.get('PAT
 
 @needs_fashion
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed next to this Python or on PATH")
-def test_ddp_two_processes_on_cpu(tmp_path, tiny_recipe):
+@pytest.mark.parametrize("check", ["step", "deferred"])
+def test_ddp_two_processes_on_cpu(tmp_path, tiny_recipe, check):
     tiny_recipe["output_dir"] = "run"
+    tiny_recipe["speed"] = {"nonfinite_check": check, "check_every": 3}  # deferred: flags all-reduced on the device
     tiny_recipe["distill"] = [
         {"name": "hint", "epochs": 1, "batch_size": 64, "trainable": "up_to_guided",
          "terms": [{"type": "hint", "hint": "features.stage2", "guided": "features.stage2"}]},

@@ -15,6 +15,7 @@ import hintdistill.report
 from hintdistill.build import build_data
 from hintdistill.config import recipe_from_dict
 from hintdistill.distiller import Distiller
+from hintdistill.engine import stage as engine_stage
 from hintdistill.engine.checkpoint import load_model, safe_load, save_model
 from hintdistill.engine.interrupt import STOP, stop_at_step_boundary
 from hintdistill.engine.logging import read_metrics
@@ -356,6 +357,133 @@ def test_sporadic_non_finite_steps_are_skipped_and_counted(tmp_path, tiny_recipe
     first = read_metrics(tmp_path / "clean" / "distilled" / "metrics.jsonl")[0]
     assert records[0]["train/loss"] == first["train/loss"]
     assert records[1]["train/loss"] != read_metrics(tmp_path / "clean" / "distilled" / "metrics.jsonl")[1]["train/loss"]
+
+
+HOST_READS = ("__float__", "__int__", "__bool__", "item", "tolist")  # each one a host sync on a GPU
+
+
+def count_host_reads(monkeypatch, label: str = "distilled/kd") -> dict[str, int]:
+    """Count the scalar reads that the steps of stage ``label`` make (not those of the loader or the cache)."""
+    count, inside = {"n": 0}, {"on": False}
+    for name in HOST_READS:
+        def counted(self, *args, _original=getattr(torch.Tensor, name), **kwargs):
+            count["n"] += inside["on"]
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    step = Stage.step
+
+    def watched(self, *args):
+        inside["on"] = self.label == label
+        try:
+            return step(self, *args)
+        finally:
+            inside["on"] = False
+
+    monkeypatch.setattr(Stage, "step", watched)
+    return count
+
+
+def fused_everywhere(monkeypatch) -> None:
+    """The step check with the fused optimizer the deferred one needs: the fused SGD kernel rounds the update
+    differently from the per-tensor one (1e-9 on a bias here), so only then are the two checks' runs equal."""
+    make = engine_stage.make_optimizer
+    monkeypatch.setattr(engine_stage, "make_optimizer", lambda cfg, params, fused=False: make(cfg, params, True))
+
+
+def deferred(tree: dict, folder: Path, **speed) -> dict:
+    """``tree`` with the deferred non-finite check, writing to ``folder``."""
+    tree = copy.deepcopy(tree)
+    tree.update(output_dir=str(folder), speed={"nonfinite_check": "deferred", **speed})
+    return tree
+
+
+def test_deferred_check_trains_the_same_numbers_without_a_host_read_per_step(tmp_path, tiny_recipe,
+                                                                            teacher_checkpoint, monkeypatch,
+                                                                            no_report):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    reads = count_host_reads(monkeypatch)
+    run(deferred(tiny_recipe, tmp_path / "deferred"))
+    assert reads["n"] == 0
+    fused_everywhere(monkeypatch)
+    run(tiny_recipe)
+    assert reads["n"] == 3 * 2 * STEPS_PER_EPOCH  # the input, the loss and the gradients' flag, every step
+    assert numbers(tmp_path / "deferred" / "distilled" / "metrics.jsonl") == \
+        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
+    assert_same_weights(weights(tmp_path / "deferred" / "distilled" / "model.pt"),
+                        weights(tmp_path / "run" / "distilled" / "model.pt"))
+
+
+@pytest.mark.parametrize("what", ["kd", "input"])
+def test_deferred_check_skips_the_steps_the_step_check_skips(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                             monkeypatch, no_report, what):
+    """A constant LR (the deferred check's schedule advances on a skipped step): the same weights, batch-norm
+    statistics and logged means, with two steps of epoch 2 skipped by each check."""
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tiny_recipe["distill"][0]["schedule"] = {"name": "none"}
+    poison(monkeypatch, what, from_step=3, to_step=4)
+    with monkeypatch.context() as m:
+        fused_everywhere(m)
+        run(tiny_recipe)
+    _, lines = run(deferred(tiny_recipe, tmp_path / "deferred"))
+    records = read_metrics(tmp_path / "deferred" / "distilled" / "metrics.jsonl")
+    assert [r["nonfinite_steps"] for r in records] == [0, 2]
+    assert "[distilled/kd] epoch 2, steps 1-8/8: 2 non-finite (the loss or the gradients), skipped (0 in a row " \
+           "at step 8; the stage stops at 20)" in lines
+    assert numbers(tmp_path / "deferred" / "distilled" / "metrics.jsonl") == \
+        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
+    assert_same_weights(weights(tmp_path / "deferred" / "distilled" / "model.pt"),
+                        weights(tmp_path / "run" / "distilled" / "model.pt"))
+
+
+def test_deferred_check_stops_at_the_read_after_too_many_in_a_row(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                                  monkeypatch, no_report):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tiny_recipe["distill"][0]["max_nonfinite_steps"] = 3
+    tree = deferred(tiny_recipe, tmp_path / "run", check_every=2)
+    lines: list[str] = []
+    with monkeypatch.context() as m:
+        poison(m, "input", from_step=2)
+        with pytest.raises(TrainingDiverged) as err:
+            run(tree, lines)
+    ckpt_path = tmp_path / "run" / "distilled" / "checkpoint.pt"
+    assert str(err.value).startswith("[distilled/kd] 4 steps in a row were non-finite (max_nonfinite_steps: 3), the "
+                                     "last at epoch 2, step 6/8: the loss or the gradients (found by the deferred "
+                                     f"check). Training stopped; the last good checkpoint is kept at {ckpt_path}.")
+    assert [line for line in lines if "non-finite (" in line] == [
+        f"[distilled/kd] epoch 2, steps {a}-{b}/8: 2 non-finite (the loss or the gradients), skipped ({n} in a row "
+        f"at step {b}; the stage stops at 3)" for a, b, n in ((3, 4, 2), (5, 6, 4))]
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["student"].values()
+                                       if v.is_floating_point())
+    _, log = run(tree)  # the data fixed: the same command resumes
+    assert any("resuming from" in line and "at epoch 1" in line for line in log)
+
+
+def test_deferred_check_resumes_a_stopped_epoch_with_its_skipped_steps(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                                       monkeypatch, no_report):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    poison(monkeypatch, "kd", from_step=1, to_step=2)
+    whole = deferred(tiny_recipe, tmp_path / "run")
+    run(whole)
+    stopped = deferred(tiny_recipe, tmp_path / "stopped")
+    with monkeypatch.context() as m, stop_at_step_boundary():
+        signal_at(m, STEPS_PER_EPOCH + 4, signal.SIGTERM)  # after two skipped steps of epoch 2
+        with pytest.raises(Interrupted):
+            run(stopped)
+    partial = safe_load(tmp_path / "stopped" / "distilled" / "checkpoint.pt")["partial"]
+    assert (partial["steps"], partial["nonfinite"], partial["in_row"]) == (2, 2, 0)
+    run(stopped)
+    assert [r["nonfinite_steps"] for r in read_metrics(tmp_path / "stopped" / "distilled" / "metrics.jsonl")] == [0, 2]
+    assert numbers(tmp_path / "stopped" / "distilled" / "metrics.jsonl") == \
+        numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
+
+
+def test_deferred_check_needs_a_fused_optimizer(tmp_path, tiny_recipe, teacher_checkpoint, no_report):
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    tiny_recipe["distill"][0]["optimizer"] = {"name": "rmsprop", "lr": 0.01}
+    with pytest.raises(ConfigError, match="rmsprop has none: use sgd, adam, adamw, or nonfinite_check: step"):
+        run(deferred(tiny_recipe, tmp_path / "run"))
 
 
 def test_corrupt_resume_checkpoint_names_the_file(tmp_path, tiny_recipe, no_report):

@@ -155,3 +155,20 @@ def test_one_snapshot_serves_every_step_and_follows_replaced_buffers(small_cnn, 
         d(x * 3, y)
     assert all(torch.equal(moved[k], v) for k, v in bn_state(student).items())
     assert not torch.equal(moved["features.stage1.0.1.running_mean"], torch.full_like(bn.running_mean, 3.0))
+
+
+def test_restore_where_puts_the_buffers_back_only_where_the_device_flag_says(small_cnn, batch):
+    x, y = batch
+    student = small_cnn().train()
+    d = Distiller(student, None, {"ce": (CrossEntropy(), 1.0)}, example_inputs=x[:2], on_nonfinite="ignore").train()
+    snapshot = d.buffer_snapshot()
+    before = bn_state(student)
+    d(x, y)
+    moved = bn_state(student)
+    assert not all(torch.equal(before[k], v) for k, v in moved.items())
+    snapshot.restore_where(torch.tensor(False))  # a good step keeps what it moved
+    assert all(torch.equal(moved[k], v) for k, v in bn_state(student).items())
+    snapshot = d.buffer_snapshot()
+    d(x * float("nan"), y)  # NaN statistics (and a counter one step on), put back by the flag
+    snapshot.restore_where(torch.tensor(True))
+    assert all(torch.equal(moved[k], v) for k, v in bn_state(student).items())

@@ -187,6 +187,13 @@ class SpeedConfig(Strict):
     compile: bool = Field(False, description="torch.compile the student (taps on the student disable it)")
     fuse_teacher_bn: bool = Field(False, description="fold the teachers' BatchNorms into the convolutions before "
                                   "them (same outputs up to float rounding; engine/fuse.py)")
+    nonfinite_check: Literal["step", "deferred"] = Field(
+        "step", description="step: a NaN/inf input, loss or gradient is found and its step skipped at once (three "
+        "scalar reads per step: host syncs on a GPU); deferred: no host read per step: the flag stays on the device, "
+        "a fused optimizer (sgd, adam, adamw) skips the update and the batch-norm statistics are put back with it, "
+        "and the counts are read every check_every steps (engine/nonfinite.py)")
+    check_every: int = Field(50, gt=0, description="steps between two reads of the deferred check's counts (and, "
+                                                   "under DDP, of the stop signal)")
 
 
 class Recipe(Strict):

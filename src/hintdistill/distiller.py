@@ -172,9 +172,12 @@ class Distiller(nn.Module):
         bad = nonfinite_part(inputs)
         if bad is not None:
             self.nonfinite(f"the input batch holds {bad}, so every loss would be non-finite", "the input batch", True)
-        if not self.training:
-            return None
-        if self._snapshot is None:  # the student's and the terms' modules that hold buffers, listed once
+        return self.buffer_snapshot() if self.training else None
+
+    def buffer_snapshot(self) -> BufferSnapshot:
+        """The student's and the terms' buffers (batch-norm statistics) as they are now, in one snapshot object
+        that every step refreshes in place."""
+        if self._snapshot is None:  # the modules that hold buffers, listed once
             self._snapshot = BufferSnapshot(owners=[m for root in (self.student, self.terms) for m in root.modules()
                                                     if m._buffers])
         else:

@@ -83,3 +83,10 @@ class BufferSnapshot:
         with torch.no_grad():
             for b, saved in zip(self.buffers, self.saved, strict=True):
                 b.copy_(saved)
+
+    def restore_where(self, flag: torch.Tensor) -> None:
+        """Put the buffers back where ``flag`` (one element, on their device) is true, without reading it on the
+        host: a ``torch.where`` per buffer, for a loop that keeps its checks on the device."""
+        with torch.no_grad():
+            for b, saved in zip(self.buffers, self.saved, strict=True):
+                b.copy_(torch.where(flag, saved, b))

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import StageConfig, TrainConfig
 from ..distiller import Distiller
+from ..errors import ConfigError
 from ..taps import modules_up_to
 
 
@@ -39,14 +40,24 @@ def phase_fingerprint(phase: Phase, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def make_optimizer(cfg, params, fused: bool = False) -> torch.optim.Optimizer:
+    """The stage's optimizer; ``fused``: one kernel per step that can skip the update on a device-side flag
+    (``found_inf``), which the deferred non-finite check needs (sgd, adam and adamw have one)."""
     o = cfg.optimizer
+    if fused and o.name not in FUSED_OPTIMIZERS:
+        raise ConfigError(f"speed.nonfinite_check: deferred skips a non-finite step inside a fused optimizer, and "
+                          f"{o.name} has none: use {', '.join(FUSED_OPTIMIZERS)}, or nonfinite_check: step")
+    fast = {"fused": True} if fused else {}
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov,
+                               **fast)
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, **fast)
     if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **fast)
     return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 

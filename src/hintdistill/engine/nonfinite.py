@@ -1,7 +1,12 @@
 """Non-finite steps in a stage (issue 12): a batch whose input, loss or gradients hold NaN or infinity is skipped
 (no optimizer step; the Distiller has already put the student's batch-norm statistics back), counted per epoch
 and named on the console; ``max_nonfinite_steps`` of them in a row stop the stage with the last good checkpoint
-kept and a message saying what to try."""
+kept and a message saying what to try.
+
+``NonFiniteGuard`` decides every step on the host (three scalar reads: on a GPU, three host syncs per step).
+``DeferredGuard`` (``speed.nonfinite_check: deferred``) keeps the decision on the device: the flag skips the
+update inside a fused optimizer (``found_inf``, as GradScaler does) and puts the batch-norm statistics back with a
+``torch.where``; its counts are read every ``speed.check_every`` steps and at the epoch's end."""
 
 from __future__ import annotations
 
@@ -74,6 +79,20 @@ class NonFiniteGuard:
             return False
         return float(self._found) == 0.0
 
+    deferred = False  # decided on the host at every step
+
+    def due(self, done: int) -> bool:
+        """Whether the counts are read after ``done`` steps (the deferred guard's; this one always knows them)."""
+        return False
+
+    def read(self, epoch: int, done: int) -> int:
+        """The steps skipped since the last read that the epoch's step count still includes (none here)."""
+        return 0
+
+    def set_counts(self, in_epoch: int, in_row: int, step: int = 0) -> None:
+        """At an epoch's start (its first ``step``): zero, or what an interrupted epoch had counted."""
+        self.in_epoch, self.in_row = in_epoch, in_row
+
     def good(self) -> None:
         self.in_row = 0
 
@@ -102,3 +121,66 @@ class NonFiniteGuard:
         return (f"{head} Lower the learning rate ({st.cfg.optimizer.lr}) or the weight of {failure.source}, or set "
                 f"grad_clip_norm; a changed stage trains this phase again, so delete {t.folder} first (the phases "
                 f"before it are kept) and rerun the same command. Rerunning unchanged resumes from the checkpoint.")
+
+
+class DeferredGuard(NonFiniteGuard):
+    """The same rule without a host read per step: ``check`` returns the step's flag as a device tensor, which the
+    Stage hands to the fused optimizer and the batch-norm snapshot; the skipped steps are counted on the device
+    and ``read`` every ``check_every`` steps. A stop after ``max_nonfinite_steps`` in a row can come up to
+    ``check_every - 1`` steps late (the weights did not change in them); the LR schedule advances on a skipped
+    step, and an input is not checked by itself (a NaN input gives a NaN loss, which is)."""
+
+    deferred = True
+
+    def __init__(self, stage):
+        super().__init__(stage)
+        device = stage.trainer.device
+        self.every = stage.trainer.speed.check_every
+        self.flag = torch.zeros((), device=device)  # this step: 1.0 when skipped (0-dim, as fused Adam's step)
+        self.counts = torch.zeros(2, device=device)  # skipped in a row, skipped this epoch
+        self.last_read = 0  # the step of the epoch at the last read
+
+    def check(self, loss: torch.Tensor, amp: bool) -> torch.Tensor:
+        """This step's flag, on the device: the loss non-finite, or (without AMP, whose GradScaler checks its own)
+        any gradient; agreed under DDP (every process skips when one does)."""
+        st = self.stage
+        torch.logical_not(torch.isfinite(loss.detach()), out=self.flag)
+        grads = [] if amp else [p.grad for p in st.trainable if p.grad is not None]
+        if grads and self.fused(grads):
+            try:  # ORs into the flag; at a scale of 1 the gradients keep their values
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, self.flag, self._one)
+            except (RuntimeError, NotImplementedError):
+                self._fused = False
+        if grads and not self._fused:
+            self.flag.logical_or_(torch.logical_not(torch.isfinite(torch.nn.utils.get_total_norm(grads))))
+        if st.trainer.d.enabled:
+            all_reduce_sum(self.flag, st.trainer.d).clamp_(max=1.0)
+        in_row, in_epoch = self.counts.unbind()
+        in_row.add_(self.flag).mul_(self.flag)  # one more, or back to 0
+        in_epoch.add_(self.flag)
+        return self.flag.bool()
+
+    def due(self, done: int) -> bool:
+        return done % self.every == 0
+
+    def read(self, epoch: int, done: int) -> int:
+        """One host read of the counts: say what was skipped since the last read, stop after
+        ``max_nonfinite_steps`` in a row; returns how many steps were newly skipped."""
+        st = self.stage
+        in_row, in_epoch = (int(v) for v in self.counts.tolist())
+        new, first = in_epoch - self.in_epoch, self.last_read
+        self.in_row, self.in_epoch, self.last_read = in_row, in_epoch, done
+        if new:
+            limit = st.cfg.max_nonfinite_steps
+            st.trainer.say(f"[{st.label}] epoch {epoch + 1}, steps {first + 1}-{done}/{len(st.loader)}: {new} "
+                           f"non-finite (the loss or the gradients), skipped ({in_row} in a row at step {done}; the "
+                           f"stage stops at {limit})")
+            if in_row >= limit:
+                failure = NonFiniteError("found by the deferred check", "the loss or the gradients", False)
+                raise TrainingDiverged(self.stop_message(f"epoch {epoch + 1}, step {done}/{len(st.loader)}", failure))
+        return new
+
+    def set_counts(self, in_epoch: int, in_row: int, step: int = 0) -> None:
+        super().set_counts(in_epoch, in_row)
+        self.counts.copy_(torch.tensor([float(in_row), float(in_epoch)]))
+        self.last_read = step

@@ -177,12 +177,16 @@ class Stage:
         set_trainable(self.student, cfg, self.distiller, example)
         # what the optimizer steps, listed once: walking the modules for it every step cost 0.5 ms (RESULTS.md)
         self.trainable = list(self.distiller.trainable_parameters())
-        self.optimizer = make_optimizer(cfg, self.trainable)
+        deferred = t.speed.nonfinite_check == "deferred"
+        self.optimizer = make_optimizer(cfg, self.trainable, fused=deferred)
         self.scheduler = make_scheduler(cfg, self.optimizer, len(self.loader))
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.use_amp)
         self.cache = self.open_cache(example)
         self.apply_speed_options()
-        self.guard = nonfinite.NonFiniteGuard(self)  # issue 12: non-finite steps skipped and counted
+        # issue 12: non-finite steps skipped and counted; deferred: decided on the device, read every N steps
+        self.guard = (nonfinite.DeferredGuard if deferred else nonfinite.NonFiniteGuard)(self)
+        if deferred:
+            self.distiller.on_nonfinite = "ignore"  # its host checks are the guard's device flag now
         if cfg.ema is not None:
             self.ema = WeightAverage(self.student, cfg.ema)
 
@@ -321,10 +325,16 @@ class Stage:
                     steps += 1
                     if step % 20 == 0 and not bar.disable:  # a progress bar on a terminal is worth a host sync
                         bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
-                self.stop_if_asked(epoch, done, sums, steps, seconds + time.perf_counter() - t0)
+                due = self.guard.due(done)
+                if due:  # the deferred guard's counts: its skipped steps returned zeros, uncounted from here on
+                    steps -= self.guard.read(epoch, done)
+                if due or not (self.guard.deferred and self.trainer.d.enabled):  # under DDP the stop flag is a sync
+                    self.stop_if_asked(epoch, done, sums, steps, seconds + time.perf_counter() - t0)
         except LoaderStopped:
             self.stop_if_asked(epoch, done, sums, steps, seconds + time.perf_counter() - t0)
             raise
+        if self.guard.deferred and not self.guard.due(done):
+            steps -= self.guard.read(epoch, done)
         if self.cache is not None:
             self.cache.flush()  # the epoch's rows become verified blocks only now
         seconds += time.perf_counter() - t0
@@ -333,11 +343,11 @@ class Stage:
 
     def epoch_start(self, epoch: int) -> tuple[dict[str, float], int, int, float]:
         """Running sums, steps, first step and seconds of an epoch: zero, or where an interruption left them."""
-        self.guard.in_epoch = 0
         if epoch != self.start_epoch or not self.start_step:
+            self.guard.set_counts(0, self.guard.in_row)
             return {}, 0, 0, 0.0
         p = self.partial
-        self.guard.in_epoch, self.guard.in_row = int(p["nonfinite"]), int(p["in_row"])
+        self.guard.set_counts(int(p["nonfinite"]), int(p["in_row"]), self.start_step)
         # the weights' schedule where the last trained step left it (what the epoch logs if no step is left)
         self.distiller.set_epoch(epoch + (self.start_step - 1) / len(self.loader))
         return dict(p["sums"]), int(p["steps"]), self.start_step, float(p["seconds"])
@@ -347,6 +357,7 @@ class Stage:
         signum = stop_requested(self.trainer.d, self.trainer.device)
         if signum is None:
             return
+        steps -= self.guard.read(epoch, done) if self.guard.deferred and not self.guard.due(done) else 0
         partial = {"sums": sums, "steps": steps, "seconds": seconds, "nonfinite": self.guard.in_epoch,
                    "in_row": self.guard.in_row}
         self.trainer.save(terms=self.distiller.terms.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -361,6 +372,8 @@ class Stage:
         device = self.trainer.device
         x, y = self.memory_format(to_device(x, device)), to_device(y, device)
         self.distiller.set_epoch(epoch + step / len(self.loader))
+        if self.guard.deferred:
+            return self.deferred_step(x, y)
         failure = None
         try:  # a NaN/inf input or loss: the Distiller raises before any backward, BN statistics put back
             with self.autocast():
@@ -387,6 +400,31 @@ class Stage:
         if self.ema is not None:
             self.ema.update(self.student)
         return losses
+
+    def deferred_step(self, x, y) -> dict[str, torch.Tensor]:
+        """``step`` without a host read (``speed.nonfinite_check: deferred``): the flag of a non-finite loss or
+        gradient stays on the device, the fused optimizer skips the update with it and the batch-norm statistics
+        are put back with it; such a step returns zeros, which ``run_epoch`` takes out of the epoch's count when
+        it reads the guard's counts."""
+        snapshot = self.distiller.buffer_snapshot()
+        with self.autocast():
+            _, losses = self.model(x, y, teacher_outputs=self.teacher_outputs(x))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        if self.cfg.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip_norm)
+        bad = self.guard.check(losses["loss"], self.scaler.is_enabled())
+        snapshot.restore_where(bad)
+        if not self.scaler.is_enabled():  # under AMP the GradScaler hands the optimizer its own flag
+            self.optimizer.found_inf = self.guard.flag
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.student)
+        zero = torch.zeros((), device=bad.device)
+        return {k: torch.where(bad, zero, v.detach()) for k, v in losses.items()}
 
     def evaluate(self, epoch: int) -> bool:
         """Test every ``eval_every`` epochs and after the last; returns whether this epoch was tested."""

@@ -11,7 +11,8 @@ Peak RSS is the process's high-water mark, reset (``/proc/self/clear_refs``) bef
 
 Variants: hand_student (a), hand_kd (b), hd_student (c), hd_kd (d), hd_kd_cached (e), hd_kd_cache_fill (e1),
 hd_hint (f), hand_hint (f0, the hand loop truncated at the hint layer), td_kd (g) and td_hint (h) with
-torchdistill's ForwardHookManager and KDLoss, hand_kd_memory (i: teacher logits from an in-memory tensor).
+torchdistill's ForwardHookManager and KDLoss, hand_kd_memory (i: teacher logits from an in-memory tensor), and
+hd_kd_deferred (d': hd_kd with ``speed.nonfinite_check: deferred``, no host read per step, fused SGD).
 Writes benchmarks/results/throughput.json (a list of {workload, variant, images_per_s, peak_rss_mb, ...}).
 """
 
@@ -158,10 +159,11 @@ def hd_variant(wl: Workload, kind: str, folder: Path):
     cfg = StageConfig(name=kind, epochs=10**6, batch_size=wl.batch, optimizer=SGD, schedule={"name": "none"},
                       terms=terms, trainable="up_to_guided" if kind == "hd_hint" else "all")
     cache = "on" if kind in ("hd_kd_cached", "hd_kd_cache_fill") else "off"
+    check = "deferred" if kind == "hd_kd_deferred" else "step"
     teachers = [] if kind == "hd_student" else [wl.teacher]
     trainer = PhaseTrainer(Phase(kind, wl.student(), {"name": "x"}, [cfg], teachers), wl.data(), folder / kind,
                            torch.device("cpu"), Dist(), 0, log=lambda _: None,
-                           speed=SpeedConfig(teacher_cache=cache))
+                           speed=SpeedConfig(teacher_cache=cache, nonfinite_check=check))
     stage = Stage(trainer, 0, cfg, teachers, 0)
     stage.build()
     stage.model = stage.distiller
@@ -209,7 +211,7 @@ def td_variant(wl: Workload, kind: str):
 
 
 VARIANTS = ["hand_student", "hand_kd", "hd_student", "hd_kd", "hd_kd_cached", "hd_kd_cache_fill", "hd_hint",
-            "hand_hint", "td_kd", "td_hint", "hand_kd_memory", "aa_control"]
+            "hand_hint", "td_kd", "td_hint", "hand_kd_memory", "hd_kd_deferred", "aa_control"]
 
 
 def make_variants(wl: Workload, folder: Path) -> tuple[dict, dict]:
@@ -234,6 +236,7 @@ TARGETS = {"(c)/(a)": ("hd_student", "hand_student", 0.95), "(d)/(b)": ("hd_kd",
            "(f)/(f0)": ("hd_hint", "hand_hint", 0.95), "(e)/(c)": ("hd_kd_cached", "hd_student", 0.90),
            "(e)/(i)": ("hd_kd_cached", "hand_kd_memory", 0.95), "(e1)/(d)": ("hd_kd_cache_fill", "hd_kd", 1.0),
            "(d)/(g)": ("hd_kd", "td_kd", 1.0), "(f)/(h)": ("hd_hint", "td_hint", 1.0),
+           "(d')/(d)": ("hd_kd_deferred", "hd_kd", None), "(d')/(g)": ("hd_kd_deferred", "td_kd", None),
            "A/A": ("aa_control", "hand_student", None)}
 
 

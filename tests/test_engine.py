@@ -479,6 +479,23 @@ def test_deferred_check_resumes_a_stopped_epoch_with_its_skipped_steps(tmp_path,
         numbers(tmp_path / "run" / "distilled" / "metrics.jsonl")
 
 
+def test_a_run_stopped_under_one_check_resumes_under_the_other(tmp_path, tiny_recipe, teacher_checkpoint,
+                                                               monkeypatch, no_report):
+    """The optimizer's state keeps its ``fused`` setting: the resumed stage uses the kernel its check needs."""
+    tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
+    for first, then in (("step", "deferred"), ("deferred", "step")):
+        tree = deferred(tiny_recipe, tmp_path / first)
+        tree["speed"]["nonfinite_check"] = first
+        with monkeypatch.context() as m, stop_at_step_boundary():
+            signal_at(m, STEPS_PER_EPOCH + 3, signal.SIGTERM)
+            with pytest.raises(Interrupted):
+                run(tree)
+        tree["speed"]["nonfinite_check"] = then
+        _, log = run(tree)
+        assert any("resuming from" in line for line in log)
+        assert [r["epoch"] for r in read_metrics(tmp_path / first / "distilled" / "metrics.jsonl")] == [1, 2]
+
+
 def test_deferred_check_needs_a_fused_optimizer(tmp_path, tiny_recipe, teacher_checkpoint, no_report):
     tiny_recipe["teacher"].update(checkpoint=teacher_checkpoint, args=TEACHER_SPEC["args"])
     tiny_recipe["distill"][0]["optimizer"] = {"name": "rmsprop", "lr": 0.01}

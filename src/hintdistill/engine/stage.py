@@ -260,7 +260,11 @@ class Stage:
         if state is None or (int(state["epoch"]) == 0 and not state.get("step")):
             return
         self.distiller.terms.load_state_dict(state["terms"])
+        fused = self.optimizer.defaults.get("fused")
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the kernel this run's non-finite check needs, not the saved one
+            if "fused" in group:
+                group["fused"] = fused
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])

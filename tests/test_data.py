@@ -8,7 +8,7 @@ import torch
 from conftest import FASHION_DIR, needs_fashion
 
 from hintdistill.data import classification as data
-from hintdistill.data.classification import TensorLoader, jitter, load_idx_dataset, read_idx
+from hintdistill.data.classification import TensorLoader, jitter, load_idx_dataset, read_idx, shifts
 from hintdistill.errors import DataError
 
 
@@ -111,12 +111,12 @@ def one_hot_images(n: int, size: int = 9) -> torch.Tensor:
 def test_jitter_shifts_at_most_two_pixels_and_uses_every_shift():
     # A one-hot pixel in the middle of a 9x9 image could move by up to 4 and stay visible: every
     # observed move must be within ±2 and all 25 moves of [-2, 2]² should occur in 500 draws.
-    out = jitter(one_hot_images(500), 2, torch.Generator().manual_seed(0))
+    out = jitter(one_hot_images(500), 2, *shifts(500, 2, torch.Generator().manual_seed(0)))
     assert out.shape == (500, 1, 9, 9)
     assert torch.equal(out.flatten(1).sum(1), torch.ones(500))  # the pixel moved, never duplicated or lost
     where = out.flatten(1).argmax(1)
-    shifts = {(int(i) // 9 - 4, int(i) % 9 - 4) for i in where}
-    assert shifts == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    moves = {(int(i) // 9 - 4, int(i) % 9 - 4) for i in where}
+    assert moves == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
 
 
 def test_jitter_fills_with_black_not_with_the_mean():

@@ -11,7 +11,7 @@ from hintdistill.engine import cache as cache_mod
 from hintdistill.engine.cache import TeacherCache, decode_topk, encode_topk
 from hintdistill.engine.distributed import Dist
 from hintdistill.engine.loop import Phase
-from hintdistill.engine.stage import PhaseTrainer
+from hintdistill.engine.stage import PhaseTrainer, Stage
 from hintdistill.errors import ConfigError
 
 KD = [{"type": "ce", "weight": 0.1}, {"type": "kd", "temperature": 4.0, "weight": 0.9}]
@@ -144,3 +144,62 @@ def test_speed_options_channels_last_and_bf16_autocast(tmp_path, small_cnn):
     assert line["train/loss"] != ref_losses[0] and abs(line["train/loss"] / ref_losses[0] - 1) < 0.02
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         train(tmp_path, small_cnn, "fp16", autocast="fp16", epochs=1)
+
+
+def test_stored_views_replay_each_samples_augmentation_every_k_epochs():
+    from hintdistill.data.classification import TensorLoader
+
+    images, labels = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8), torch.arange(40) % 10
+    loader = TensorLoader(images, labels, 16, (0.5,) * 3, (0.5,) * 3, shuffle=True, augment=["crop", "hflip"])
+    loader.use_views(2)
+    assert loader.random_augment == [] and loader.dataset_size == 80
+
+    def epoch(e):
+        loader.set_epoch(e)
+        rows = {}
+        for x, _ in loader:
+            rows.update({int(i): img for i, img in zip(loader.batch_indices, x, strict=True)})
+        return rows
+
+    first, second, third = epoch(0), epoch(1), epoch(2)
+    assert sorted(first) == list(range(40)) and sorted(second) == list(range(40, 80))  # rows view * N + index
+    assert all(torch.equal(first[i], third[i]) for i in range(40))  # epoch 2 replays view 0, in another order
+    assert sum(not torch.equal(first[i], second[i + 40]) for i in range(40)) > 30  # view 1: other crops, flips
+    plain = loader.normalize(images.float())
+    assert sum(not torch.equal(first[i], plain[i]) for i in range(40)) > 30  # and they are augmented
+    assert "views 2 of crop+hflip" in loader.cache_identity()
+
+
+def test_stored_views_let_augmented_runs_read_the_cache_with_the_teacher_runs_numbers(tmp_path, small_cnn,
+                                                                                    monkeypatch):
+    from hintdistill.distiller import Distiller
+
+    calls, per_epoch = {"n": 0}, []
+    teacher_outputs, run_epoch = Distiller.teacher_outputs, Stage.run_epoch
+
+    def counted(self, x):
+        calls["n"] += 1
+        return teacher_outputs(self, x)
+
+    def epoch(self, e):
+        before = calls["n"]
+        out = run_epoch(self, e)
+        per_epoch.append(calls["n"] - before)
+        return out
+
+    monkeypatch.setattr(Distiller, "teacher_outputs", counted)
+    monkeypatch.setattr(Stage, "run_epoch", epoch)
+    got, losses, said = train(tmp_path, small_cnn, "views", augment=["crop", "hflip"], epochs=4, cache_views=2)
+    assert per_epoch == [3, 3, 0, 0]  # 3 steps: epochs 1-2 fill views 0 and 1, epochs 3-4 read them
+    assert any("teacher cache of 2 stored views per sample of the augmentation (crop, hflip)" in s for s in said)
+    header = json.loads(next((tmp_path / "views" / "distilled" / "teacher_cache").glob("*.json")).read_text())
+    assert header["shape"] == [64, 1, 10]
+    # the same views with the teacher run every step (every lookup a miss): the same numbers, bit for bit
+    monkeypatch.setattr(TeacherCache, "lookup", lambda self, idx, device: None)
+    ref, ref_losses, _ = train(tmp_path, small_cnn, "views_online", augment=["crop", "hflip"], epochs=4,
+                               cache_views=2)
+    assert losses == ref_losses and all(torch.equal(got[k], ref[k]) for k in ref)
+    # without views, the augmented run differs (a fresh augmentation every epoch) and refuses the cache
+    _, fresh, said = train(tmp_path, small_cnn, "fresh", augment=["crop", "hflip"], epochs=4)
+    assert fresh[:1] != losses[:1] or fresh[2:] != losses[2:]
+    assert any("speed.cache_views: k replays k stored views" in s for s in said)

@@ -181,6 +181,11 @@ class SpeedConfig(Strict):
         "float32", description="float16 halves the file but rounds the teacher's logits (changes the numbers)")
     cache_topk: int | None = Field(None, gt=0, description="keep only the k largest logits per sample (and the "
                                                            "log-sum-exp; the other classes share the rest)")
+    cache_views: int | None = Field(
+        None, gt=0, description="cache-aware augmentation (Shen & Xing, ECCV 2022): with random augmentation "
+        "(jitter, crop, hflip) on an in-memory data set, each sample gets k fixed random views, epoch e shows view "
+        "e mod k, and the cache holds each view's teacher logits (the first k epochs fill it). The student sees k "
+        "views per sample instead of a fresh one each epoch; unset: augmentation refuses the cache")
     channels_last: bool = False
     autocast: Annotated[Literal["off", "bf16", "fp16"], BeforeValidator(_yaml_switch)] = Field(
         "off", description="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA, with a gradient scaler)")

@@ -138,20 +138,26 @@ def load_cifar(name: str, split: str, data_dir: str | None, download: bool) -> t
                     f"folder holding torchvision's cifar-*-batches-py, or data.download: true.")
 
 
-def jitter(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to ``pixels`` in x and y (zero fill): Hinton et al.'s teacher jitter."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pixels,) * 4)
+def shifts(n: int, pixels: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random offsets (dx, dy) in [0, 2 * pixels] for ``n`` images."""
     dx = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
     dy = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
+    return dx, dy
+
+
+def jitter(images: torch.Tensor, pixels: int, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Shift each image by ``dx - pixels``, ``dy - pixels`` (zero fill): Hinton et al.'s teacher jitter, and with
+    4 pixels the CIFAR pad-and-crop."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pixels,) * 4)
     rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(n, images.shape[1], h, w + 2 * pixels)
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, images.shape[1], h, w)
     return out.gather(3, cols)
 
 
-def hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+def hflip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror the images where ``flip`` (a bool per image) is true."""
     images = images.clone()
     images[flip] = images[flip].flip(-1)
     return images
@@ -164,6 +170,10 @@ class TensorLoader:
     ``augment`` may hold ``jitter`` (shifts up to ``jitter_pixels``), ``hflip`` and ``crop`` (pad 4 +
     random crop, the CIFAR standard). Shuffling uses its own generator seeded per epoch, so runs are
     reproducible; under DDP each rank takes every ``world``-th example, all ranks the same number.
+
+    ``use_views(k)`` makes the augmentation replayable for the teacher cache (Shen & Xing, ECCV 2022): each
+    sample gets ``k`` fixed random views (its shifts and flip drawn once per view), epoch ``e`` shows view
+    ``e mod k``, and ``batch_indices`` name the (view, sample) row ``view * N + index``.
     """
 
     images: torch.Tensor
@@ -178,30 +188,71 @@ class TensorLoader:
     rank: int = 0
     world: int = 1
     epoch: int = 0
+    views: int = 0  # 0: a fresh random augmentation every epoch; k: k stored views per sample (use_views)
 
     def __post_init__(self):
         self._mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std).view(1, -1, 1, 1)
         # The data set indices of the batch last yielded: the teacher cache keys its rows by them.
         self.batch_indices = torch.zeros(0, dtype=torch.long)
+        self._view_params: dict[int, dict[str, tuple[torch.Tensor, ...]]] = {}
 
     @property
     def dataset_size(self) -> int:
-        """Samples in the whole data set (what ``batch_indices`` index), before any DDP split."""
-        return len(self.labels)
+        """Rows that ``batch_indices`` index: the samples in the whole data set (before any DDP split), times
+        the views where there are views."""
+        return len(self.labels) * max(self.views, 1)
 
     @property
     def random_augment(self) -> list[str]:
-        """The random augmentations applied to every input (the teachers' too): a cache must refuse them."""
-        return list(self.augment)
+        """The random augmentations that differ every epoch (the teachers' input too): a cache must refuse them.
+        Views replay the same augmentation every ``views`` epochs, so there are none then."""
+        return [] if self.views else list(self.augment)
+
+    def use_views(self, k: int) -> None:
+        """Replay ``k`` fixed augmented views per sample (epoch e shows view e mod k), so that a cache can hold
+        each view's teacher outputs. Changes the training: k views per sample instead of a fresh one each epoch."""
+        if k < 1:
+            raise ValueError(f"views must be at least 1, not {k}")
+        self.views, self._view_params = k if self.augment else 0, {}
 
     def cache_identity(self) -> str:
-        """What decides a sample's teacher input: the images' and labels' content, count and normalization."""
+        """What decides a sample's teacher input: the images' and labels' content, count and normalization, and
+        with views, the augmentation that makes them (its kind, seed and number of views)."""
         digest = hashlib.blake2b(digest_size=16)
         for t in (self.images, self.labels):
             digest.update(str((tuple(t.shape), str(t.dtype))).encode())
             digest.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return f"tensors {digest.hexdigest()} normalize mean={self.mean} std={self.std}"
+        views = (f" views {self.views} of {'+'.join(self.augment)} jitter_pixels={self.jitter_pixels} "
+                 f"seed={self.seed}") if self.views else ""
+        return f"tensors {digest.hexdigest()} normalize mean={self.mean} std={self.std}{views}"
+
+    def draw(self, n: int, g: torch.Generator) -> dict[str, tuple[torch.Tensor, ...]]:
+        """The random parameters of ``n`` images' augmentation, in a fixed order of draws from ``g``."""
+        params = {}
+        if "jitter" in self.augment:
+            params["jitter"] = shifts(n, self.jitter_pixels, g)
+        if "crop" in self.augment:
+            params["crop"] = shifts(n, 4, g)
+        if "hflip" in self.augment:
+            params["hflip"] = (torch.rand(n, generator=g) < 0.5,)
+        return params
+
+    def view_params(self, view: int) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Every sample's augmentation in ``view``: drawn once, from a generator of the seed and the view."""
+        if view not in self._view_params:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + 7_919 * (view + 1) + 1_000_000_007)
+            self._view_params[view] = self.draw(len(self.labels), g)
+        return self._view_params[view]
+
+    def apply(self, x: torch.Tensor, params: dict[str, tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        if "jitter" in params:
+            x = jitter(x, self.jitter_pixels, *params["jitter"])
+        if "crop" in params:
+            x = jitter(x, 4, *params["crop"])
+        if "hflip" in params:
+            x = hflip(x, *params["hflip"])
+        return x
 
     def __len__(self) -> int:
         return -(-self.num_examples // self.batch_size)
@@ -224,16 +275,16 @@ class TensorLoader:
         order = order[: self.num_examples * self.world][self.rank :: self.world]
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            self.batch_indices = idx
             # Augment before normalizing, so the pixels shifted in by jitter/crop are black (0), not the mean.
             x = self.images[idx].float()
-            if "jitter" in self.augment:
-                x = jitter(x, self.jitter_pixels, g)
-            if "crop" in self.augment:
-                x = jitter(x, 4, g)
-            if "hflip" in self.augment:
-                x = hflip(x, g)
-            yield self.normalize(x), self.labels[idx]
+            if self.views:
+                view = self.epoch % self.views
+                params = {k: tuple(p[idx] for p in v) for k, v in self.view_params(view).items()}
+                self.batch_indices = idx + view * len(self.labels)
+            else:
+                params = self.draw(len(idx), g) if self.augment else {}
+                self.batch_indices = idx
+            yield self.normalize(self.apply(x, params)), self.labels[idx]
 
 
 def load_tensors(name: str, split: str, data_dir: str | None = None, download: bool = False):

@@ -203,8 +203,9 @@ class TeacherCache:
             self._write_header()
 
 
-def cache_refusal(loader, distiller, kind: str, distributed: bool) -> str | None:
-    """Why this stage's teacher outputs cannot be cached safely, or None where they can."""
+def cache_refusal(loader, distiller, kind: str, distributed: bool, augment: bool = True) -> str | None:
+    """Why this stage's teacher outputs cannot be cached safely, or None where they can; ``augment=False`` leaves
+    out the loader's random augmentation, which stored views (``speed.cache_views``) can make safe."""
     if not distiller.teachers or not any(t.uses_teacher for t in distiller.terms.values()):
         return "no term reads the teachers"
     tapped = sorted({n for taps in distiller.teacher_taps for n in taps.names})
@@ -216,11 +217,13 @@ def cache_refusal(loader, distiller, kind: str, distributed: bool) -> str | None
     if not hasattr(loader, "cache_identity"):
         return (f"the training loader ({type(loader).__name__}) does not expose each batch's sample indices "
                 f"(the built-in in-memory data sets do)")
-    if loader.random_augment:
-        return (f"the training loader applies random augmentation ({', '.join(loader.random_augment)}) to the "
-                f"teachers' input, which differs every epoch")
     if distributed:
         return "distributed training (each process would write the same cache files)"
+    if augment and loader.random_augment:
+        hint = " (speed.cache_views: k replays k stored views per sample, which can be cached)" \
+            if hasattr(loader, "use_views") else ""
+        return (f"the training loader applies random augmentation ({', '.join(loader.random_augment)}) to the "
+                f"teachers' input, which differs every epoch{hint}")
     return None
 
 

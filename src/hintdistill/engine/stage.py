@@ -233,6 +233,13 @@ class Stage:
         if mode == "off":
             return None
         why = cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled)
+        views = t.speed.cache_views
+        if why is not None and views and hasattr(self.loader, "use_views") and \
+                cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled, augment=False) is None:
+            self.loader.use_views(views)  # the augmentation was the only obstacle: replay k stored views of it
+            why = None
+            t.say(f"[{self.label}] teacher cache of {views} stored views per sample of the augmentation "
+                  f"({', '.join(self.loader.augment)}): epoch e shows view e mod {views}")
         if why is not None:
             if mode == "on":
                 raise ConfigError(f"teacher_cache: on, but the teacher outputs of stage '{self.cfg.name}' cannot be "

@@ -30,9 +30,9 @@ def augmenting(data):
     return data
 
 
-def train(tmp_path, small_cnn, name, augment=(), epochs=3, **speed):
+def train(tmp_path, small_cnn, name, augment=(), epochs=3, terms=KD, **speed):
     student, teacher = small_cnn((4, 8), seed=0), small_cnn((8, 16), seed=1)
-    stage = StageConfig(name="kd", epochs=epochs, batch_size=12, terms=KD, augment=list(augment))
+    stage = StageConfig(name="kd", epochs=epochs, batch_size=12, terms=terms, augment=list(augment))
     said = []
     trainer = PhaseTrainer(Phase("distilled", student, {"name": "cnn", "args": {}}, [stage], [teacher]),
                            augmenting(tiny_data()), tmp_path / name, torch.device("cpu"), Dist(), 0, log=said.append,
@@ -203,3 +203,40 @@ def test_stored_views_let_augmented_runs_read_the_cache_with_the_teacher_runs_nu
     _, fresh, said = train(tmp_path, small_cnn, "fresh", augment=["crop", "hflip"], epochs=4)
     assert fresh[:1] != losses[:1] or fresh[2:] != losses[2:]
     assert any("speed.cache_views: k replays k stored views" in s for s in said)
+
+
+HINT = [{"type": "hint", "hint": "features.stage2", "guided": "features.stage2"}]
+
+
+@pytest.mark.parametrize("terms", [HINT, HINT + KD], ids=["hint stage", "hint and kd"])
+def test_cached_features_give_the_uncached_runs_numbers(tmp_path, small_cnn, monkeypatch, terms):
+    from hintdistill.distiller import Distiller
+
+    ref, ref_losses, said = train(tmp_path, small_cnn, "online", terms=terms)
+    assert any("only logits are cached unless speed.cache_features: true" in s for s in said)
+    per_epoch, calls = [], {"n": 0}
+    teacher_outputs, run_epoch = Distiller.teacher_outputs, Stage.run_epoch
+
+    def counted(self, x):
+        calls["n"] += 1
+        return teacher_outputs(self, x)
+
+    def epoch(self, e):
+        before = calls["n"]
+        out = run_epoch(self, e)
+        per_epoch.append(calls["n"] - before)
+        return out
+
+    monkeypatch.setattr(Distiller, "teacher_outputs", counted)
+    monkeypatch.setattr(Stage, "run_epoch", epoch)
+    got, losses, said = train(tmp_path, small_cnn, "cached", terms=terms, cache_features=True)
+    assert per_epoch == [3, 0, 0]  # the teacher runs in the first epoch only
+    assert losses == ref_losses and all(torch.equal(got[k], ref[k]) for k in ref)
+    folder = tmp_path / "cached" / "distilled" / "teacher_cache"
+    header = json.loads(next(folder.glob("*.json")).read_text())
+    assert header["features"] == [{"feat:features.stage2": [16, 4, 4]}]  # the teacher's stage 2 on 16x16 inputs
+    assert header["shape"] == [32, 1, 10 if terms != HINT else 0]  # a hint stage stops the teacher: no logits
+    per_sample = 16 * 4 * 4 * 4 + (40 if terms != HINT else 0)
+    assert any(f"teacher cache with features: {per_sample / 1024:.1f} KiB per sample" in s for s in said)
+    assert sorted(p.name.split(".", 1)[1] for p in folder.iterdir()) == sorted(
+        ["json", "t0.feat_features.stage2.values"] + (["values"] if terms != HINT else []))

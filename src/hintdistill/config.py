@@ -181,6 +181,9 @@ class SpeedConfig(Strict):
         "float32", description="float16 halves the file but rounds the teacher's logits (changes the numbers)")
     cache_topk: int | None = Field(None, gt=0, description="keep only the k largest logits per sample (and the "
                                                            "log-sum-exp; the other classes share the rest)")
+    cache_features: bool = Field(
+        False, description="also cache the teacher features the terms tap (FitNets hints), in cache_dtype: C*H*W "
+        "values per sample, teacher and feature (the log gives the size)")
     cache_views: int | None = Field(
         None, gt=0, description="cache-aware augmentation (Shen & Xing, ECCV 2022): with random augmentation "
         "(jitter, crop, hflip) on an in-memory data set, each sample gets k fixed random views, epoch e shows view "

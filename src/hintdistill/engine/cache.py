@@ -1,4 +1,5 @@
-"""Teacher-output cache (offline KD): each sample's teacher logits, stored while the first epoch trains.
+"""Teacher-output cache (offline KD): each sample's teacher logits (and, on request, the tapped features that
+hints read), stored while the first epoch trains.
 
 A frozen teacher given the same input every epoch gives the same logits every epoch, so later epochs
 read them from a file instead of running the teacher. The cache is keyed by a fingerprint of the
@@ -9,6 +10,7 @@ Files, for a key K, in the cache folder (nothing in them is unpickled):
 
 - ``K.values`` raw ``numpy.memmap`` ``[N, teachers, C]`` (or ``[N, teachers, k + 1]`` with top-k: the k
   largest logits and the log-sum-exp of all); with top-k also ``K.classes`` ``[N, teachers, k]`` int32;
+- with ``cache_features``, ``K.t<i>.<feature>.values`` ``[N, *shape]`` per tapped feature of teacher i;
 - ``K.json``: format, key, shapes, dtype, and a CRC-32 per block of ``BLOCK`` samples, recorded only once
   every sample of the block is written and flushed (``flush``, at the end of every epoch).
 
@@ -45,10 +47,13 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(teachers: list[nn.Module], data_identity: str, dtype: str, topk: int | None) -> str:
-    """The file name stem: teachers' weights, data content and teacher transform, storage layout."""
+def cache_key(teachers: list[nn.Module], data_identity: str, dtype: str, topk: int | None,
+              features: list[dict] | None = None) -> str:
+    """The file name stem: teachers' weights, data content and teacher transform, storage layout (and the
+    cached features, where there are any)."""
+    layout = {"features": [{k: list(v) for k, v in f.items()} for f in features]} if features and any(features) else {}
     blob = json.dumps({"format": FORMAT, "teachers": [model_fingerprint(t) for t in teachers],
-                       "data": data_identity, "dtype": dtype, "topk": topk})
+                       "data": data_identity, "dtype": dtype, "topk": topk, **layout})
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -71,14 +76,22 @@ def decode_topk(values: torch.Tensor, classes: torch.Tensor, num_classes: int) -
 
 
 class TeacherCache:
-    """Per-sample teacher logits in memory-mapped files; ``lookup`` a batch, ``store`` it, ``flush``."""
+    """Per-sample teacher outputs in memory-mapped files; ``lookup`` a batch, ``store`` it, ``flush``.
 
-    def __init__(self, folder: Path, key: str, num_samples: int, num_teachers: int, num_classes: int,
-                 dtype: str = "float32", topk: int | None = None, log=print):
+    Every teacher's logits share one array ``[N, teachers, C]`` (top-k: ``k + 1`` values and ``k`` classes);
+    ``features`` (one ``{key: per-sample shape}`` per teacher, e.g. ``{"feat:layer2": (64, 8, 8)}``) adds an
+    array ``[N, *shape]`` per tapped feature. ``num_classes`` None: the teachers give no logits (a hint stage
+    stops them at the hint)."""
+
+    def __init__(self, folder: Path, key: str, num_samples: int, num_teachers: int, num_classes: int | None,
+                 dtype: str = "float32", topk: int | None = None, log=print,
+                 features: list[dict[str, tuple[int, ...]]] | None = None):
         self.folder, self.key, self.log = Path(folder), key, log
-        self.num_classes, self.topk = num_classes, topk if topk and topk < num_classes else None
-        width = num_classes if self.topk is None else self.topk + 1
+        self.num_classes = num_classes
+        self.topk = topk if topk and num_classes and topk < num_classes else None
+        width = (num_classes if self.topk is None else self.topk + 1) if num_classes else 0
         self.shape = (num_samples, num_teachers, width)
+        self.features = [dict(f) for f in features] if features else [{} for _ in range(num_teachers)]
         self.dtype = np.dtype(dtype)
         self.header_path = self.folder / f"{key}.json"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -86,27 +99,41 @@ class TeacherCache:
         self.checksums: dict[str, int] = {}
         header = self._read_header()
         mode = "r+" if header is not None else "w+"
-        self.values = np.memmap(self.folder / f"{key}.values", self.dtype, mode, shape=self.shape)
-        self.classes = None if self.topk is None else np.memmap(
-            self.folder / f"{key}.classes", np.int32, mode, shape=(num_samples, num_teachers, self.topk))
+        self.arrays = {name: np.memmap(path, dt, mode, shape=shape) for name, (path, dt, shape) in self._layout().items()}
+        self.values, self.classes = self.arrays.get("values"), self.arrays.get("classes")
         if header is not None:
             self._verify(header["blocks"])
         if mode == "w+":
             self._write_header()
 
     # -- files ------------------------------------------------------------------------------------
+    def _layout(self) -> dict[str, tuple[Path, np.dtype, tuple[int, ...]]]:
+        """Each array's file, dtype and shape: the logits (and top-k classes), then each teacher's features."""
+        n, t, _ = self.shape
+        out = {}
+        if self.num_classes:
+            out["values"] = (self.folder / f"{self.key}.values", self.dtype, self.shape)
+        if self.topk:
+            out["classes"] = (self.folder / f"{self.key}.classes", np.dtype(np.int32), (n, t, self.topk))
+        for i, feats in enumerate(self.features):
+            for k, shape in feats.items():
+                safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in k)
+                out[f"{i}/{k}"] = (self.folder / f"{self.key}.t{i}.{safe}.values", self.dtype, (n, *shape))
+        return out
+
     def _expected(self) -> dict:
-        return {"format": FORMAT, "key": self.key, "shape": list(self.shape), "dtype": self.dtype.name,
-                "topk": self.topk, "block": BLOCK}
+        out = {"format": FORMAT, "key": self.key, "shape": list(self.shape), "dtype": self.dtype.name,
+               "topk": self.topk, "block": BLOCK}
+        if any(self.features):
+            out["features"] = [{k: list(v) for k, v in f.items()} for f in self.features]
+        return out
 
     def _read_header(self) -> dict | None:
         """The header when it and the data files match this cache's layout; None starts a new cache."""
-        files = [self.folder / f"{self.key}.values"] + ([self.folder / f"{self.key}.classes"] if self.topk else [])
-        if not self.header_path.is_file() or not all(f.is_file() for f in files):
+        layout = self._layout().values()
+        if not self.header_path.is_file() or not all(path.is_file() for path, _, _ in layout):
             return None
-        sizes = [int(np.prod(self.shape)) * self.dtype.itemsize] + (
-            [int(np.prod(self.shape[:2])) * self.topk * 4] if self.topk else [])
-        if [f.stat().st_size for f in files] != sizes:
+        if [path.stat().st_size for path, _, _ in layout] != [int(np.prod(sh)) * dt.itemsize for _, dt, sh in layout]:
             self.log(f"teacher cache {self.header_path}: data files have the wrong size; rebuilding it")
             return None
         try:
@@ -126,9 +153,9 @@ class TeacherCache:
 
     def _block_crc(self, b: int) -> int:
         lo, hi = b * BLOCK, min((b + 1) * BLOCK, self.shape[0])
-        crc = zlib.crc32(np.ascontiguousarray(self.values[lo:hi]).tobytes())
-        if self.classes is not None:
-            crc = zlib.crc32(np.ascontiguousarray(self.classes[lo:hi]).tobytes(), crc)
+        crc = 0
+        for array in self.arrays.values():
+            crc = zlib.crc32(np.ascontiguousarray(array[lo:hi]).tobytes(), crc)
         return crc
 
     def _verify(self, blocks: dict) -> None:
@@ -154,23 +181,26 @@ class TeacherCache:
 
     @property
     def bytes_per_sample(self) -> float:
-        """Data bytes per sample (values, and classes with top-k)."""
-        extra = 0 if self.classes is None else self.classes[0].nbytes
-        return float(self.values[0].nbytes + extra)
+        """Data bytes per sample (logits, top-k classes, features)."""
+        return float(sum(a[0].nbytes for a in self.arrays.values()))
 
     def lookup(self, indices: torch.Tensor, device: torch.device) -> list[Outputs] | None:
         """The teachers' Outputs for these samples, or None unless every one of them is verified or stored."""
         idx = indices.numpy()
         if not self.filled[idx].all():
             return None
-        values = torch.from_numpy(self.values[idx]).float()
-        outs = []
-        for i in range(self.shape[1]):
-            if self.classes is None:
-                logits = values[:, i]
-            else:
-                logits = decode_topk(values[:, i], torch.from_numpy(self.classes[idx][:, i]), self.num_classes)
-            outs.append({"logits": logits.to(device, non_blocking=True)})
+        outs: list[Outputs] = [{} for _ in self.features]
+        if self.values is not None:
+            values = torch.from_numpy(self.values[idx]).float()
+            for i, out in enumerate(outs):
+                if self.classes is None:
+                    logits = values[:, i]
+                else:
+                    logits = decode_topk(values[:, i], torch.from_numpy(self.classes[idx][:, i]), self.num_classes)
+                out["logits"] = logits.to(device, non_blocking=True)
+        for i, feats in enumerate(self.features):
+            for k in feats:
+                outs[i][k] = torch.from_numpy(self.arrays[f"{i}/{k}"][idx]).float().to(device, non_blocking=True)
         return outs
 
     def store(self, indices: torch.Tensor, teacher_outputs: list[Outputs]) -> None:
@@ -179,21 +209,24 @@ class TeacherCache:
         idx = indices.numpy()[new]
         if not len(idx):
             return
+        rows = torch.from_numpy(new)
         for i, out in enumerate(teacher_outputs):
-            logits = out["logits"].detach().float().cpu()[torch.from_numpy(new)]
-            if self.classes is None:
-                self.values[idx, i] = logits.numpy().astype(self.dtype)
-            else:
-                values, classes = encode_topk(logits, self.topk)
-                self.values[idx, i] = values.numpy().astype(self.dtype)
-                self.classes[idx, i] = classes.numpy()
+            if self.values is not None:
+                logits = out["logits"].detach().float().cpu()[rows]
+                if self.classes is None:
+                    self.values[idx, i] = logits.numpy().astype(self.dtype)
+                else:
+                    values, classes = encode_topk(logits, self.topk)
+                    self.values[idx, i] = values.numpy().astype(self.dtype)
+                    self.classes[idx, i] = classes.numpy()
+            for k in self.features[i]:
+                self.arrays[f"{i}/{k}"][idx] = out[k].detach().float().cpu()[rows].numpy().astype(self.dtype)
         self.filled[idx] = True
 
     def flush(self) -> None:
         """Write the data to disk, then checksum every newly completed block into the header."""
-        self.values.flush()
-        if self.classes is not None:
-            self.classes.flush()
+        for array in self.arrays.values():
+            array.flush()
         new = False
         for b in range(-(-self.shape[0] // BLOCK)):
             if str(b) not in self.checksums and self.filled[b * BLOCK : (b + 1) * BLOCK].all():
@@ -203,14 +236,17 @@ class TeacherCache:
             self._write_header()
 
 
-def cache_refusal(loader, distiller, kind: str, distributed: bool, augment: bool = True) -> str | None:
+def cache_refusal(loader, distiller, kind: str, distributed: bool, augment: bool = True,
+                  features: bool = False) -> str | None:
     """Why this stage's teacher outputs cannot be cached safely, or None where they can; ``augment=False`` leaves
-    out the loader's random augmentation, which stored views (``speed.cache_views``) can make safe."""
+    out the loader's random augmentation, which stored views (``speed.cache_views``) can make safe;
+    ``features``: tapped teacher features are cached too (``speed.cache_features``)."""
     if not distiller.teachers or not any(t.uses_teacher for t in distiller.terms.values()):
         return "no term reads the teachers"
     tapped = sorted({n for taps in distiller.teacher_taps for n in taps.names})
-    if tapped:
-        return f"the terms read teacher features ({', '.join(tapped)}); only logits are cached"
+    if tapped and not features:
+        return (f"the terms read teacher features ({', '.join(tapped)}); only logits are cached unless "
+                f"speed.cache_features: true")
     if kind == "detection":
         return ("detection teachers' head maps are not cached (about 0.3 MB per 416x416 image in float32, and "
                 "the training batches are randomly augmented)")
@@ -228,10 +264,20 @@ def cache_refusal(loader, distiller, kind: str, distributed: bool, augment: bool
 
 
 def open_teacher_cache(folder: Path, loader, distiller, example, dtype: str, topk: int | None,
-                       log=print) -> TeacherCache:
-    """The cache for this loader's samples and the distiller's teachers (probed on one example batch)."""
+                       log=print, features: bool = False) -> TeacherCache:
+    """The cache for this loader's samples and the distiller's teachers (probed on one example batch);
+    ``features``: the tapped features (``feat:`` entries) too."""
     probe = distiller.teacher_outputs(example)
-    if any(set(out) != {"logits"} for out in probe):
-        raise ValueError(f"teacher outputs {[sorted(o) for o in probe]}: only a single 'logits' is cached")
-    key = cache_key(list(distiller.teachers), loader.cache_identity(), dtype, topk)
-    return TeacherCache(folder, key, loader.dataset_size, len(probe), probe[0]["logits"].shape[1], dtype, topk, log)
+    logits = ["logits" in out for out in probe]
+    extra = [{k: tuple(v.shape[1:]) for k, v in out.items() if k != "logits"} for out in probe]
+    if (any(extra) and not features) or any(not k.startswith("feat:") for f in extra for k in f) or \
+            len(set(logits)) > 1:
+        raise ValueError(f"teacher outputs {[sorted(o) for o in probe]}: the cache holds every teacher's 'logits' "
+                         f"and, with features, their 'feat:' entries")
+    key = cache_key(list(distiller.teachers), loader.cache_identity(), dtype, topk, extra)
+    num_classes = probe[0]["logits"].shape[1] if all(logits) else None
+    cache = TeacherCache(folder, key, loader.dataset_size, len(probe), num_classes, dtype, topk, log, extra)
+    if any(extra):
+        log(f"teacher cache with features: {cache.bytes_per_sample / 1024:.1f} KiB per sample, "
+            f"{cache.bytes_per_sample * loader.dataset_size / 2**20:.1f} MiB in {folder}")
+    return cache

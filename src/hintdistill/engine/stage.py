@@ -232,10 +232,11 @@ class Stage:
         mode = self.cfg.teacher_cache or t.speed.teacher_cache
         if mode == "off":
             return None
-        why = cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled)
+        features = t.speed.cache_features
+        why = cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled, features=features)
         views = t.speed.cache_views
         if why is not None and views and hasattr(self.loader, "use_views") and \
-                cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled, augment=False) is None:
+                cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled, False, features) is None:
             self.loader.use_views(views)  # the augmentation was the only obstacle: replay k stored views of it
             why = None
             t.say(f"[{self.label}] teacher cache of {views} stored views per sample of the augmentation "
@@ -249,7 +250,7 @@ class Stage:
             return None
         folder = Path(t.speed.cache_dir) if t.speed.cache_dir else t.folder / "teacher_cache"
         return open_teacher_cache(folder, self.loader, self.distiller, example, t.speed.cache_dtype,
-                                  t.speed.cache_topk, t.say)
+                                  t.speed.cache_topk, t.say, features)
 
     def teacher_outputs(self, x) -> list | None:
         """This batch's teacher Outputs from the cache, computed and stored on a miss; None without a cache."""

@@ -12,7 +12,8 @@ Peak RSS is the process's high-water mark, reset (``/proc/self/clear_refs``) bef
 Variants: hand_student (a), hand_kd (b), hd_student (c), hd_kd (d), hd_kd_cached (e), hd_kd_cache_fill (e1),
 hd_hint (f), hand_hint (f0, the hand loop truncated at the hint layer), td_kd (g) and td_hint (h) with
 torchdistill's ForwardHookManager and KDLoss, hand_kd_memory (i: teacher logits from an in-memory tensor), and
-hd_kd_deferred (d': hd_kd with ``speed.nonfinite_check: deferred``, no host read per step, fused SGD).
+hd_kd_deferred (d': hd_kd with ``speed.nonfinite_check: deferred``, no host read per step, fused SGD) and
+hd_hint_cached (f': hd_hint reading the teacher's hint from the cache, ``speed.cache_features``).
 Writes benchmarks/results/throughput.json (a list of {workload, variant, images_per_s, peak_rss_mb, ...}).
 """
 
@@ -151,19 +152,21 @@ def hd_variant(wl: Workload, kind: str, folder: Path):
     from hintdistill.config import SpeedConfig
 
     terms = {"hd_student": [{"type": "ce"}],
-             "hd_hint": [{"type": "hint", "hint": wl.hint, "guided": wl.hint}]}.get(
+             "hd_hint": [{"type": "hint", "hint": wl.hint, "guided": wl.hint}],
+             "hd_hint_cached": [{"type": "hint", "hint": wl.hint, "guided": wl.hint}]}.get(
         kind, [{"type": "ce", "weight": CE_W}, {"type": "kd", "temperature": T, "weight": KD_W}])
     # epochs: more than the benchmark runs. With epochs=1 every round after the first counted as past the stage's
     # end, where `bn_frozen_epochs` (0) puts the student's BatchNorms in eval mode: a cheaper step than the hand
     # loop's, which trains them (measured until 2026-12-07).
     cfg = StageConfig(name=kind, epochs=10**6, batch_size=wl.batch, optimizer=SGD, schedule={"name": "none"},
-                      terms=terms, trainable="up_to_guided" if kind == "hd_hint" else "all")
-    cache = "on" if kind in ("hd_kd_cached", "hd_kd_cache_fill") else "off"
+                      terms=terms, trainable="up_to_guided" if kind.startswith("hd_hint") else "all")
+    cache = "on" if kind in ("hd_kd_cached", "hd_kd_cache_fill", "hd_hint_cached") else "off"
     check = "deferred" if kind == "hd_kd_deferred" else "step"
     teachers = [] if kind == "hd_student" else [wl.teacher]
     trainer = PhaseTrainer(Phase(kind, wl.student(), {"name": "x"}, [cfg], teachers), wl.data(), folder / kind,
                            torch.device("cpu"), Dist(), 0, log=lambda _: None,
-                           speed=SpeedConfig(teacher_cache=cache, nonfinite_check=check))
+                           speed=SpeedConfig(teacher_cache=cache, nonfinite_check=check,
+                                             cache_features=kind == "hd_hint_cached"))
     stage = Stage(trainer, 0, cfg, teachers, 0)
     stage.build()
     stage.model = stage.distiller
@@ -211,7 +214,8 @@ def td_variant(wl: Workload, kind: str):
 
 
 VARIANTS = ["hand_student", "hand_kd", "hd_student", "hd_kd", "hd_kd_cached", "hd_kd_cache_fill", "hd_hint",
-            "hand_hint", "td_kd", "td_hint", "hand_kd_memory", "hd_kd_deferred", "aa_control"]
+            "hand_hint", "td_kd", "td_hint", "hand_kd_memory", "hd_kd_deferred", "hd_hint_cached",
+            "aa_control"]
 
 
 def make_variants(wl: Workload, folder: Path) -> tuple[dict, dict]:
@@ -237,6 +241,7 @@ TARGETS = {"(c)/(a)": ("hd_student", "hand_student", 0.95), "(d)/(b)": ("hd_kd",
            "(e)/(i)": ("hd_kd_cached", "hand_kd_memory", 0.95), "(e1)/(d)": ("hd_kd_cache_fill", "hd_kd", 1.0),
            "(d)/(g)": ("hd_kd", "td_kd", 1.0), "(f)/(h)": ("hd_hint", "td_hint", 1.0),
            "(d')/(d)": ("hd_kd_deferred", "hd_kd", None), "(d')/(g)": ("hd_kd_deferred", "td_kd", None),
+           "(f')/(f)": ("hd_hint_cached", "hd_hint", None),
            "A/A": ("aa_control", "hand_student", None)}
 
 

@@ -127,8 +127,9 @@ class DeferredGuard(NonFiniteGuard):
     """The same rule without a host read per step: ``check`` returns the step's flag as a device tensor, which the
     Stage hands to the fused optimizer and the batch-norm snapshot; the skipped steps are counted on the device
     and ``read`` every ``check_every`` steps. A stop after ``max_nonfinite_steps`` in a row can come up to
-    ``check_every - 1`` steps late (the weights did not change in them); the LR schedule advances on a skipped
-    step, and an input is not checked by itself (a NaN input gives a NaN loss, which is)."""
+    ``check_every - 1`` steps late (the weights did not change in them); the LR schedule and the weight average
+    (``ema``) advance on a skipped step, and an input is not checked by itself (a NaN input gives a NaN loss,
+    which is)."""
 
     deferred = True
 

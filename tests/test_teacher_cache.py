@@ -170,8 +170,8 @@ def test_stored_views_replay_each_samples_augmentation_every_k_epochs():
     assert "views 2 of crop+hflip" in loader.cache_identity()
 
 
-def test_stored_views_let_augmented_runs_read_the_cache_with_the_teacher_runs_numbers(tmp_path, small_cnn,
-                                                                                    monkeypatch):
+def teacher_runs_per_epoch(monkeypatch) -> list[int]:
+    """The teachers' forward passes in each epoch of the runs that follow (filled in as they train)."""
     from hintdistill.distiller import Distiller
 
     calls, per_epoch = {"n": 0}, []
@@ -189,6 +189,12 @@ def test_stored_views_let_augmented_runs_read_the_cache_with_the_teacher_runs_nu
 
     monkeypatch.setattr(Distiller, "teacher_outputs", counted)
     monkeypatch.setattr(Stage, "run_epoch", epoch)
+    return per_epoch
+
+
+def test_stored_views_let_augmented_runs_read_the_cache_with_the_teacher_runs_numbers(tmp_path, small_cnn,
+                                                                                    monkeypatch):
+    per_epoch = teacher_runs_per_epoch(monkeypatch)
     got, losses, said = train(tmp_path, small_cnn, "views", augment=["crop", "hflip"], epochs=4, cache_views=2)
     assert per_epoch == [3, 3, 0, 0]  # 3 steps: epochs 1-2 fill views 0 and 1, epochs 3-4 read them
     assert any("teacher cache of 2 stored views per sample of the augmentation (crop, hflip)" in s for s in said)
@@ -210,25 +216,9 @@ HINT = [{"type": "hint", "hint": "features.stage2", "guided": "features.stage2"}
 
 @pytest.mark.parametrize("terms", [HINT, HINT + KD], ids=["hint stage", "hint and kd"])
 def test_cached_features_give_the_uncached_runs_numbers(tmp_path, small_cnn, monkeypatch, terms):
-    from hintdistill.distiller import Distiller
-
     ref, ref_losses, said = train(tmp_path, small_cnn, "online", terms=terms)
     assert any("only logits are cached unless speed.cache_features: true" in s for s in said)
-    per_epoch, calls = [], {"n": 0}
-    teacher_outputs, run_epoch = Distiller.teacher_outputs, Stage.run_epoch
-
-    def counted(self, x):
-        calls["n"] += 1
-        return teacher_outputs(self, x)
-
-    def epoch(self, e):
-        before = calls["n"]
-        out = run_epoch(self, e)
-        per_epoch.append(calls["n"] - before)
-        return out
-
-    monkeypatch.setattr(Distiller, "teacher_outputs", counted)
-    monkeypatch.setattr(Stage, "run_epoch", epoch)
+    per_epoch = teacher_runs_per_epoch(monkeypatch)
     got, losses, said = train(tmp_path, small_cnn, "cached", terms=terms, cache_features=True)
     assert per_epoch == [3, 0, 0]  # the teacher runs in the first epoch only
     assert losses == ref_losses and all(torch.equal(got[k], ref[k]) for k in ref)

@@ -230,3 +230,23 @@ def test_cached_features_give_the_uncached_runs_numbers(tmp_path, small_cnn, mon
     assert any(f"teacher cache with features: {per_sample / 1024:.1f} KiB per sample" in s for s in said)
     assert sorted(p.name.split(".", 1)[1] for p in folder.iterdir()) == sorted(
         ["json", "t0.feat_features.stage2.values"] + (["values"] if terms != HINT else []))
+
+
+def test_a_cache_that_does_not_fit_on_the_disk_is_refused_not_a_crash(tmp_path, small_cnn, monkeypatch):
+    """The files are allocated when made: a full disk fails there (not as a SIGBUS on a mapped page later)."""
+    import errno
+    import os
+
+    ref, ref_losses, _ = train(tmp_path, small_cnn, "online", teacher_cache="off")
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_mod.os, "posix_fallocate", full)
+    got, losses, said = train(tmp_path, small_cnn, "full", cache_dir=str(tmp_path / "cache"))
+    assert any(s.startswith("[distilled/kd] teacher cache off: the cache's files do not fit on the disk of "
+                            f"{tmp_path / 'cache'} (No space left on device); the teachers run every step")
+               for s in said)
+    assert losses == ref_losses and not any((tmp_path / "cache").iterdir())  # trained on; nothing half made
+    with pytest.raises(ConfigError, match="Free disk space, set speed.cache_dir to a folder on a larger disk"):
+        train(tmp_path, small_cnn, "full_on", teacher_cache="on")

@@ -21,6 +21,7 @@ recomputed too. A cache is never read for a sample it has not verified.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -75,6 +76,18 @@ def decode_topk(values: torch.Tensor, classes: torch.Tensor, num_classes: int) -
     return full.scatter_(1, classes.long(), top)
 
 
+def allocate(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the file on disk (ENOSPC here when they do not fit); where the system or file
+    system cannot, the file stays sparse."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except AttributeError:  # no posix_fallocate on this platform
+        return
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
 class TeacherCache:
     """Per-sample teacher outputs in memory-mapped files; ``lookup`` a batch, ``store`` it, ``flush``.
 
@@ -98,15 +111,33 @@ class TeacherCache:
         self.filled = np.zeros(num_samples, dtype=bool)
         self.checksums: dict[str, int] = {}
         header = self._read_header()
-        mode = "r+" if header is not None else "w+"
-        self.arrays = {name: np.memmap(path, dt, mode, shape=shape) for name, (path, dt, shape) in self._layout().items()}
+        if header is None:
+            self._reserve()
+        self.arrays = {name: np.memmap(path, dt, "r+", shape=shape) for name, (path, dt, shape) in self._layout().items()}
         self.values, self.classes = self.arrays.get("values"), self.arrays.get("classes")
         if header is not None:
             self._verify(header["blocks"])
-        if mode == "w+":
+        else:
             self._write_header()
 
     # -- files ------------------------------------------------------------------------------------
+    def _reserve(self) -> None:
+        """Create the data files with their blocks allocated on disk, not sparse: a full disk then fails here,
+        as an OSError the Stage reports, instead of killing the process (SIGBUS) when a mapped page is written."""
+        made = []
+        try:
+            for path, dt, shape in self._layout().values():
+                size = int(np.prod(shape)) * dt.itemsize
+                with open(path, "wb") as f:
+                    made.append(path)
+                    if size:
+                        allocate(f.fileno(), size)
+                    f.truncate(size)
+        except OSError:
+            for path in made:
+                path.unlink(missing_ok=True)
+            raise
+
     def _layout(self) -> dict[str, tuple[Path, np.dtype, tuple[int, ...]]]:
         """Each array's file, dtype and shape: the logits (and top-k classes), then each teacher's features."""
         n, t, _ = self.shape

@@ -38,7 +38,7 @@ from .batchnorm import (
     with_batch_statistics,
 )
 from .cache import TeacherCache, cache_refusal, open_teacher_cache
-from .checkpoint import atomic_save, load_state, safe_load, save_model
+from .checkpoint import atomic_save, disk_full, load_state, safe_load, save_model
 from .distributed import Dist
 from .ema import WeightAverage
 from .fuse import fused_copy
@@ -249,8 +249,18 @@ class Stage:
                 t.say(f"[{self.label}] teacher cache off: {why}; the teachers run every step")
             return None
         folder = Path(t.speed.cache_dir) if t.speed.cache_dir else t.folder / "teacher_cache"
-        return open_teacher_cache(folder, self.loader, self.distiller, example, t.speed.cache_dtype,
-                                  t.speed.cache_topk, t.say, features)
+        try:
+            return open_teacher_cache(folder, self.loader, self.distiller, example, t.speed.cache_dtype,
+                                      t.speed.cache_topk, t.say, features)
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            why = f"the cache's files do not fit on the disk of {folder} ({e.strerror})"
+            if mode == "on":
+                raise ConfigError(f"teacher_cache: on, but {why}. Free disk space, set speed.cache_dir to a folder "
+                                  f"on a larger disk, or set teacher_cache: auto (or off).") from None
+            t.say(f"[{self.label}] teacher cache off: {why}; the teachers run every step")
+            return None
 
     def teacher_outputs(self, x) -> list | None:
         """This batch's teacher Outputs from the cache, computed and stored on a miss; None without a cache."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hintdistill.metrics import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"plain": [], "fresh": ["--set", "distill.1.augment=[jitter]"],
@@ -41,13 +42,6 @@ def kd_stage(run: Path) -> tuple[int, float]:
     records = [json.loads(line) for line in (run / "distilled" / "metrics.jsonl").read_text().splitlines()]
     kd = [r for r in records if r["stage"] == "kd"]
     return int(kd[-1]["test/errors"]), sum(r["epoch_s"] for r in kd)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def main() -> None:
@@ -80,7 +74,7 @@ def main() -> None:
         print(f"| {r['arm']} | {' / '.join(map(str, r['test_errors']))} | {r['errors_mean']:.0f} ± "
               f"{r['errors_std']:.0f} | {r['kd_stage_s_median']} |")
     meta = {"command": "OMP_NUM_THREADS=1 python benchmarks/cache_views.py", "date": time.strftime("%Y-%m-%d"),
-            "machine": cpu_name()}
+            "machine": cpu_model()}
     Path(args.json).write_text(json.dumps({"run": meta, "rows": rows}, indent=1) + "\n")
     print(f"written: {args.json}")
 

@@ -355,8 +355,7 @@ class Stage:
         except LoaderStopped:
             self.stop_if_asked(epoch, done, sums, steps, seconds + time.perf_counter() - t0)
             raise
-        if self.guard.deferred and not self.guard.due(done):
-            steps -= self.guard.read(epoch, done)
+        steps -= self.guard.read(epoch, done)  # the deferred guard's last counts (a read again reads nothing new)
         if self.cache is not None:
             self.cache.flush()  # the epoch's rows become verified blocks only now
         seconds += time.perf_counter() - t0
@@ -379,7 +378,7 @@ class Stage:
         signum = stop_requested(self.trainer.d, self.trainer.device)
         if signum is None:
             return
-        steps -= self.guard.read(epoch, done) if self.guard.deferred and not self.guard.due(done) else 0
+        steps -= self.guard.read(epoch, done)  # the deferred guard's counts up to here
         partial = {"sums": sums, "steps": steps, "seconds": seconds, "nonfinite": self.guard.in_epoch,
                    "in_row": self.guard.in_row}
         self.trainer.save(terms=self.distiller.terms.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -405,23 +404,31 @@ class Stage:
         failure = self.guard.agree(failure, self.trainer.d, device)
         if failure is not None:
             return self.guard.skip(epoch, step, failure)
-        loss = losses["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        norm = None
-        if self.cfg.grad_clip_norm:
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip_norm)
+        norm = self.backward(losses["loss"])
         failure = self.guard.gradients(norm, self.scaler.is_enabled())
         if failure is not None:
             return self.guard.skip(epoch, step, failure)
         self.guard.good()
+        self.update()
+        return losses
+
+    def backward(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """The gradients of ``loss``, clipped where the stage asks; returns their norm then (else None)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if not self.cfg.grad_clip_norm:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        return torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip_norm)
+
+    def update(self) -> None:
+        """The optimizer step (skipped inside it where the scaler or the deferred flag says so), the LR
+        schedule's step and the weight average's."""
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.student)
-        return losses
 
     def deferred_step(self, x, y) -> dict[str, torch.Tensor]:
         """``step`` without a host read (``speed.nonfinite_check: deferred``): the flag of a non-finite loss or
@@ -431,22 +438,13 @@ class Stage:
         snapshot = self.distiller.buffer_snapshot()
         with self.autocast():
             _, losses = self.model(x, y, teacher_outputs=self.teacher_outputs(x))
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
-        if self.cfg.grad_clip_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip_norm)
+        self.backward(losses["loss"])
         bad = self.guard.check(losses["loss"], self.scaler.is_enabled())
         snapshot.restore_where(bad)
         if not self.scaler.is_enabled():  # under AMP the GradScaler hands the optimizer its own flag
             self.optimizer.found_inf = self.guard.flag
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.student)
-        zero = torch.zeros((), device=bad.device)
-        return {k: torch.where(bad, zero, v.detach()) for k, v in losses.items()}
+        self.update()
+        return {k: torch.where(bad, 0.0, v.detach()) for k, v in losses.items()}
 
     def evaluate(self, epoch: int) -> bool:
         """Test every ``eval_every`` epochs and after the last; returns whether this epoch was tested."""

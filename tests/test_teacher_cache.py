@@ -250,3 +250,97 @@ def test_a_cache_that_does_not_fit_on_the_disk_is_refused_not_a_crash(tmp_path, 
     assert losses == ref_losses and not any((tmp_path / "cache").iterdir())  # trained on; nothing half made
     with pytest.raises(ConfigError, match="Free disk space, set speed.cache_dir to a folder on a larger disk"):
         train(tmp_path, small_cnn, "full_on", teacher_cache="on")
+
+
+def train_detector(tmp_path, name, terms, augment=(), epochs=3, **speed):
+    """Two tiny YOLOs on 6 BCCD images at 64 px (2 steps per epoch): the student's weights, losses and log."""
+    from test_detection_recipe import needs_bccd, tiny_recipe
+
+    if needs_bccd.args[0]:
+        pytest.skip(needs_bccd.kwargs["reason"])
+    from hintdistill.build import build_data, instantiate, model_spec
+    from hintdistill.config import recipe_from_dict
+
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, terms))
+    data = build_data(recipe)
+    torch.manual_seed(0)
+    teacher = instantiate(model_spec(recipe.teachers[0], data.model_defaults)).eval()
+    student = instantiate(model_spec(recipe.student, data.model_defaults))
+    stage = StageConfig(name="kd", epochs=epochs, batch_size=3, terms=terms, augment=list(augment),
+                        optimizer={"name": "sgd", "lr": 0.01})
+    said = []
+    trainer = PhaseTrainer(Phase("distilled", student, {"name": "yolo", "args": {}}, [stage], [teacher]), data,
+                           tmp_path / name, torch.device("cpu"), Dist(), 0, log=said.append, speed=SpeedConfig(**speed))
+    trainer.train()
+    lines = (tmp_path / name / "distilled" / "metrics.jsonl").read_text().splitlines()
+    return student.state_dict(), [json.loads(line)["train/loss"] for line in lines], said
+
+
+DETECTION_KD = [{"type": "detection"}, {"type": "objectness_kd"}]
+NECK = [{"type": "neck_hints", "weight": 0.5}]
+
+
+@pytest.mark.parametrize("terms", [DETECTION_KD, DETECTION_KD + NECK], ids=["objectness_kd", "with neck hints"])
+def test_detection_teachers_head_maps_are_cached_with_the_uncached_runs_numbers(tmp_path, monkeypatch, terms):
+    features = terms != DETECTION_KD
+    ref, ref_losses, said = train_detector(tmp_path, "online", terms, teacher_cache="off")
+    per_epoch = teacher_runs_per_epoch(monkeypatch)
+    got, losses, said = train_detector(tmp_path, "cached", terms, cache_features=features)
+    assert per_epoch == [2, 0, 0]  # 6 images in batches of 3: the teacher runs in the first epoch only
+    # identical: in eval mode a sample's head maps do not depend on the rest of its batch, and float32 is exact
+    assert losses == ref_losses and all(torch.equal(got[k], ref[k]) for k in ref)
+    folder = tmp_path / "cached" / "distilled" / "teacher_cache"
+    header = json.loads(next(folder.glob("*.json")).read_text())
+    heads = {f"head:{i}": [3, side, side, 8] for i, side in enumerate((8, 4, 2))}  # 64 px, strides 8/16/32, 3 classes
+    assert {k: v for k, v in header["features"][0].items() if k.startswith("head:")} == heads
+    assert any(k.startswith("feat:") for k in header["features"][0]) == features
+    # stored as the head lays them out ([B, A, 5+C, H, W] permuted), read back with the same strides
+    assert all(header["orders"][0][k] == [0, 3, 1, 2] for k in heads)
+    assert header["shape"] == [6, 1, 0] and list(header["blocks"]) == ["0"]  # 6 images, no logits
+    assert any(s.startswith("teacher cache with head maps" + (" and features" if features else "")) for s in said)
+
+
+def test_augmented_detection_refuses_the_cache_and_names_the_augmentation(tmp_path, monkeypatch):
+    per_epoch = teacher_runs_per_epoch(monkeypatch)
+    _, _, said = train_detector(tmp_path, "augmented", DETECTION_KD, augment=["hflip"], epochs=2)
+    assert per_epoch == [2, 2]
+    assert any("teacher cache off: the training loader applies random augmentation (hflip)" in s for s in said)
+    with pytest.raises(ConfigError, match="cannot be cached: the training loader applies random augmentation"):
+        train_detector(tmp_path, "augmented_on", DETECTION_KD, augment=["hflip"], epochs=1, teacher_cache="on")
+
+
+def test_detection_loader_names_each_batchs_images_and_keys_them_by_file(tmp_path):
+    from test_detection_recipe import needs_bccd, tiny_recipe
+
+    if needs_bccd.args[0]:
+        pytest.skip(needs_bccd.kwargs["reason"])
+    from hintdistill.build import build_data
+    from hintdistill.config import recipe_from_dict
+
+    data = build_data(recipe_from_dict(tiny_recipe(tmp_path, DETECTION_KD)))
+    loader = data.train_loader(4, [], 0, 0, 1)
+    loader.set_epoch(1)
+    seen = []
+    for _, targets in loader:
+        assert loader.batch_indices.tolist() == [t["image_id"] for t in targets]
+        seen += loader.batch_indices.tolist()
+    assert sorted(seen) == list(range(6)) and loader.dataset_size == 6 and loader.random_augment == []
+    assert data.train_loader(4, ["hflip", "multiscale"], 0, 0, 1).random_augment == ["hflip", "multiscale"]
+    other = build_data(recipe_from_dict(tiny_recipe(tmp_path, DETECTION_KD, image_size=96)))
+    assert other.train_loader(4, [], 0, 0, 1).cache_identity() != loader.cache_identity()
+
+
+def test_sample_order_follows_the_memory_layout_and_round_trips_the_strides(tmp_path):
+    from hintdistill.engine.cache import sample_order
+
+    plain, head = torch.randn(4, 3, 5, 6), torch.randn(4, 3, 8, 5, 6).permute(0, 1, 3, 4, 2)
+    last = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
+    assert sample_order(plain) == (0, 1, 2) and sample_order(head) == (0, 3, 1, 2) and sample_order(last) == (1, 2, 0)
+    assert sample_order(torch.randn(3, 4, 5).transpose(0, 1)) == (0, 1)  # batch not outermost: stored as it is
+    feats = {"head:0": tuple(head.shape[1:]), "feat:x": tuple(last.shape[1:])}
+    orders = {k: sample_order(t) for k, t in (("head:0", head), ("feat:x", last))}
+    cache = TeacherCache(tmp_path, "k", 4, 1, None, features=[feats], orders=[orders])
+    cache.store(torch.arange(4), [{"head:0": head, "feat:x": last}])
+    out = cache.lookup(torch.tensor([2, 0]), torch.device("cpu"))[0]
+    for k, t in (("head:0", head), ("feat:x", last)):
+        assert torch.equal(out[k], t[[2, 0]]) and out[k].stride() == t[[2, 0]].stride()

@@ -173,8 +173,9 @@ class SpeedConfig(Strict):
     """How fast to train (README "Speed"). Options that change the numbers are off by default."""
 
     teacher_cache: CacheSwitch = Field(
-        "auto", description="cache the teachers' logits during the first epoch and read them afterwards; auto: "
-                            "where safe (frozen teachers, no random augmentation), on: an error where not safe")
+        "auto", description="cache the teachers' logits (a detector's head maps) during the first epoch and read "
+                            "them afterwards; auto: where safe (frozen teachers, no random augmentation), on: "
+                            "an error where not safe")
     cache_dir: str | None = Field(None, description="folder for the cache files (shared between runs); "
                                                     "default: <run>/<phase>/teacher_cache")
     cache_dtype: Literal["float32", "float16"] = Field(

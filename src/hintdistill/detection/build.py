@@ -9,6 +9,7 @@ strides in ``TaskData.context`` are only the fallback of a context made by hand.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from pathlib import Path
@@ -89,11 +90,17 @@ def rescale_batch(images: torch.Tensor, targets: list[dict], side: int) -> tuple
 
 class EpochLoader:
     """A DataLoader whose shuffling (and augmentation randomness) is a function of ``seed`` and the epoch;
-    with ``sizes``, each batch is resized to one of them, drawn from the same seed and epoch (multi-scale)."""
+    with ``sizes``, each batch is resized to one of them, drawn from the same seed and epoch (multi-scale).
+
+    ``batch_indices`` are the data set indices of the batch last yielded (its targets' ``image_id``), and
+    ``cache_identity`` what decides a sample's image: the teacher-output cache keys its rows by them, where
+    ``augment`` (the stage's list, all of it random for detection) is empty."""
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int, world: int, workers: int,
-                 shuffle: bool = True, sizes: list[int] | None = None):
+                 shuffle: bool = True, sizes: list[int] | None = None, augment: list[str] | None = None):
         self.dataset, self.seed, self.sizes, self.epoch = dataset, seed, sizes, 0
+        self.augment = list(augment or [])
+        self.batch_indices = torch.zeros(0, dtype=torch.long)
         self.generator = torch.Generator().manual_seed(seed)
         self.sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed) if world > 1 else None
         self.loader = DataLoader(dataset, batch_size, shuffle=shuffle and self.sampler is None,
@@ -109,10 +116,31 @@ class EpochLoader:
         if self.loader.num_workers == 0:
             random.seed(self.seed + epoch)  # mosaic draws from ``random``; workers seed it from the generator
 
+    @property
+    def dataset_size(self) -> int:
+        """Rows that ``batch_indices`` index: the images of the whole split (before any DDP split)."""
+        return len(self.dataset)
+
+    @property
+    def random_augment(self) -> list[str]:
+        """The augmentations that change the images every epoch: every detection one (flip, jitter, mosaic,
+        multi-scale) is drawn at random."""
+        return list(self.augment)
+
+    def cache_identity(self) -> str:
+        """What decides a sample's (unaugmented) image: each image file's path, size and modification time, in
+        the split's order, and the letterbox size. Sizes and times, not contents: hashing a large set's images
+        every run would cost more than the cache saves; a file rewritten in place gets a new time."""
+        digest = hashlib.blake2b(digest_size=16)
+        for record in self.dataset.records:
+            stat = Path(record.image).stat()
+            digest.update(f"{record.image}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return f"detection images {digest.hexdigest()} ({len(self.dataset)}) letterboxed to {self.dataset.image_size}"
+
     def __iter__(self):
-        if not self.sizes:
-            return iter(self.loader)
-        return self._rescaled()
+        for images, targets in self._rescaled() if self.sizes else self.loader:
+            self.batch_indices = torch.tensor([int(t["image_id"]) for t in targets], dtype=torch.long)
+            yield images, targets
 
     def _rescaled(self):
         # its own generator, so the sizes drawn do not depend on the workers or on the shuffling
@@ -154,7 +182,7 @@ def build_detection_data(recipe: Recipe) -> TaskData:
                               source=train_set.source)
         ds.augment = train_transforms(augment)
         sizes = multiscale_sizes(size) if "multiscale" in augment else None
-        return EpochLoader(ds, batch_size, seed, rank, world, d.workers, sizes=sizes)
+        return EpochLoader(ds, batch_size, seed, rank, world, d.workers, sizes=sizes, augment=augment)
 
     n = len(classes)
     return TaskData("detection", train_loader, test_loader, n, (3, size, size), classes, primary_metric="map50",

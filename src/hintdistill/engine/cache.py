@@ -1,5 +1,5 @@
-"""Teacher-output cache (offline KD): each sample's teacher logits (and, on request, the tapped features that
-hints read), stored while the first epoch trains.
+"""Teacher-output cache (offline KD): each sample's teacher logits or a detector's raw head maps (and, on
+request, the tapped features that hints read), stored while the first epoch trains.
 
 A frozen teacher given the same input every epoch gives the same logits every epoch, so later epochs
 read them from a file instead of running the teacher. The cache is keyed by a fingerprint of the
@@ -10,6 +10,8 @@ Files, for a key K, in the cache folder (nothing in them is unpickled):
 
 - ``K.values`` raw ``numpy.memmap`` ``[N, teachers, C]`` (or ``[N, teachers, k + 1]`` with top-k: the k
   largest logits and the log-sum-exp of all); with top-k also ``K.classes`` ``[N, teachers, k]`` int32;
+- for a detector, ``K.t<i>.head_<l>.values`` ``[N, A, H, W, 5 + C]`` per head level l of teacher i (the training
+  images are letterboxed to one size, so every sample's maps have one shape);
 - with ``cache_features``, ``K.t<i>.<feature>.values`` ``[N, *shape]`` per tapped feature of teacher i;
 - ``K.json``: format, key, shapes, dtype, and a CRC-32 per block of ``BLOCK`` samples, recorded only once
   every sample of the block is written and flushed (``flush``, at the end of every epoch).
@@ -49,13 +51,23 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def cache_key(teachers: list[nn.Module], data_identity: str, dtype: str, topk: int | None,
-              features: list[dict] | None = None) -> str:
+              features: list[dict] | None = None, orders: list[dict] | None = None) -> str:
     """The file name stem: teachers' weights, data content and teacher transform, storage layout (and the
-    cached features, where there are any)."""
+    cached features and their memory orders, where there are any)."""
     layout = {"features": [{k: list(v) for k, v in f.items()} for f in features]} if features and any(features) else {}
+    if orders and any(o != tuple(range(len(o))) for f in orders for o in f.values()):
+        layout["orders"] = [{k: list(v) for k, v in f.items()} for f in orders]
     blob = json.dumps({"format": FORMAT, "teachers": [model_fingerprint(t) for t in teachers],
                        "data": data_identity, "dtype": dtype, "topk": topk, **layout})
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def sample_order(t: torch.Tensor) -> tuple[int, ...]:
+    """The order of a batch tensor's per-sample dimensions in memory, outermost first (0, 1, ... for a contiguous
+    one): rows stored in this order are read back with the tensor's own strides, so the terms sum in the same order
+    as with the teacher's tensor (a YOLO head map ``[B, A, H, W, 5+C]`` is a permuted view, ``(0, 3, 1, 2)``)."""
+    order = tuple(sorted(range(t.dim() - 1), key=lambda d: (-t.stride(d + 1), d)))
+    return order if t.permute(0, *(d + 1 for d in order)).is_contiguous() else tuple(range(t.dim() - 1))
 
 
 def encode_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,19 +104,24 @@ class TeacherCache:
     """Per-sample teacher outputs in memory-mapped files; ``lookup`` a batch, ``store`` it, ``flush``.
 
     Every teacher's logits share one array ``[N, teachers, C]`` (top-k: ``k + 1`` values and ``k`` classes);
-    ``features`` (one ``{key: per-sample shape}`` per teacher, e.g. ``{"feat:layer2": (64, 8, 8)}``) adds an
-    array ``[N, *shape]`` per tapped feature. ``num_classes`` None: the teachers give no logits (a hint stage
-    stops them at the hint)."""
+    ``features`` (one ``{key: per-sample shape}`` per teacher, e.g. ``{"feat:layer2": (64, 8, 8)}`` or a detector's
+    ``{"head:0": (3, 40, 40, 8), ...}``) adds an array ``[N, *shape]`` per entry, its dimensions stored in the
+    ``orders`` given (``sample_order``; default as they are). ``num_classes`` None: the teachers give no logits (a
+    hint stage stops them at the hint; a detector)."""
 
     def __init__(self, folder: Path, key: str, num_samples: int, num_teachers: int, num_classes: int | None,
                  dtype: str = "float32", topk: int | None = None, log=print,
-                 features: list[dict[str, tuple[int, ...]]] | None = None):
+                 features: list[dict[str, tuple[int, ...]]] | None = None,
+                 orders: list[dict[str, tuple[int, ...]]] | None = None):
         self.folder, self.key, self.log = Path(folder), key, log
         self.num_classes = num_classes
         self.topk = topk if topk and num_classes and topk < num_classes else None
         width = (num_classes if self.topk is None else self.topk + 1) if num_classes else 0
         self.shape = (num_samples, num_teachers, width)
         self.features = [dict(f) for f in features] if features else [{} for _ in range(num_teachers)]
+        given = orders or [{} for _ in self.features]
+        self.orders = [{k: tuple(o.get(k, range(len(shape)))) for k, shape in f.items()}
+                       for f, o in zip(self.features, given, strict=True)]
         self.dtype = np.dtype(dtype)
         self.header_path = self.folder / f"{key}.json"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -149,7 +166,8 @@ class TeacherCache:
         for i, feats in enumerate(self.features):
             for k, shape in feats.items():
                 safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in k)
-                out[f"{i}/{k}"] = (self.folder / f"{self.key}.t{i}.{safe}.values", self.dtype, (n, *shape))
+                stored = tuple(shape[d] for d in self.orders[i][k])
+                out[f"{i}/{k}"] = (self.folder / f"{self.key}.t{i}.{safe}.values", self.dtype, (n, *stored))
         return out
 
     def _expected(self) -> dict:
@@ -157,6 +175,7 @@ class TeacherCache:
                "topk": self.topk, "block": BLOCK}
         if any(self.features):
             out["features"] = [{k: list(v) for k, v in f.items()} for f in self.features]
+            out["orders"] = [{k: list(v) for k, v in f.items()} for f in self.orders]
         return out
 
     def _read_header(self) -> dict | None:
@@ -231,7 +250,9 @@ class TeacherCache:
                 out["logits"] = logits.to(device, non_blocking=True)
         for i, feats in enumerate(self.features):
             for k in feats:
-                outs[i][k] = torch.from_numpy(self.arrays[f"{i}/{k}"][idx]).float().to(device, non_blocking=True)
+                back = [0] + [1 + d for d in np.argsort(self.orders[i][k])]  # stored order -> the tensor's dims
+                rows = torch.from_numpy(self.arrays[f"{i}/{k}"][idx]).float().permute(back)
+                outs[i][k] = rows.to(device, non_blocking=True)
         return outs
 
     def store(self, indices: torch.Tensor, teacher_outputs: list[Outputs]) -> None:
@@ -251,7 +272,8 @@ class TeacherCache:
                     self.values[idx, i] = values.numpy().astype(self.dtype)
                     self.classes[idx, i] = classes.numpy()
             for k in self.features[i]:
-                self.arrays[f"{i}/{k}"][idx] = out[k].detach().float().cpu()[rows].numpy().astype(self.dtype)
+                stored = out[k].detach().permute(0, *(1 + d for d in self.orders[i][k]))
+                self.arrays[f"{i}/{k}"][idx] = stored.float().cpu()[rows].numpy().astype(self.dtype)
         self.filled[idx] = True
 
     def flush(self) -> None:
@@ -267,7 +289,7 @@ class TeacherCache:
             self._write_header()
 
 
-def cache_refusal(loader, distiller, kind: str, distributed: bool, augment: bool = True,
+def cache_refusal(loader, distiller, distributed: bool, augment: bool = True,
                   features: bool = False) -> str | None:
     """Why this stage's teacher outputs cannot be cached safely, or None where they can; ``augment=False`` leaves
     out the loader's random augmentation, which stored views (``speed.cache_views``) can make safe;
@@ -278,9 +300,6 @@ def cache_refusal(loader, distiller, kind: str, distributed: bool, augment: bool
     if tapped and not features:
         return (f"the terms read teacher features ({', '.join(tapped)}); only logits are cached unless "
                 f"speed.cache_features: true")
-    if kind == "detection":
-        return ("detection teachers' head maps are not cached (about 0.3 MB per 416x416 image in float32, and "
-                "the training batches are randomly augmented)")
     if not hasattr(loader, "cache_identity"):
         return (f"the training loader ({type(loader).__name__}) does not expose each batch's sample indices "
                 f"(the built-in in-memory data sets do)")
@@ -301,14 +320,17 @@ def open_teacher_cache(folder: Path, loader, distiller, example, dtype: str, top
     probe = distiller.teacher_outputs(example)
     logits = ["logits" in out for out in probe]
     extra = [{k: tuple(v.shape[1:]) for k, v in out.items() if k != "logits"} for out in probe]
-    if (any(extra) and not features) or any(not k.startswith("feat:") for f in extra for k in f) or \
-            len(set(logits)) > 1:
+    if any(not k.startswith(("feat:", "head:")) or (k.startswith("feat:") and not features)
+           for f in extra for k in f) or len(set(logits)) > 1:
         raise ValueError(f"teacher outputs {[sorted(o) for o in probe]}: the cache holds every teacher's 'logits' "
-                         f"and, with features, their 'feat:' entries")
-    key = cache_key(list(distiller.teachers), loader.cache_identity(), dtype, topk, extra)
+                         f"or detection head maps ('head:'), and with features their 'feat:' entries")
+    orders = [{k: sample_order(v) for k, v in out.items() if k != "logits"} for out in probe]
+    key = cache_key(list(distiller.teachers), loader.cache_identity(), dtype, topk, extra, orders)
     num_classes = probe[0]["logits"].shape[1] if all(logits) else None
-    cache = TeacherCache(folder, key, loader.dataset_size, len(probe), num_classes, dtype, topk, log, extra)
+    cache = TeacherCache(folder, key, loader.dataset_size, len(probe), num_classes, dtype, topk, log, extra, orders)
     if any(extra):
-        log(f"teacher cache with features: {cache.bytes_per_sample / 1024:.1f} KiB per sample, "
+        what = " and ".join(name for name, prefix in (("head maps", "head:"), ("features", "feat:"))
+                            if any(k.startswith(prefix) for f in extra for k in f))
+        log(f"teacher cache with {what}: {cache.bytes_per_sample / 1024:.1f} KiB per sample, "
             f"{cache.bytes_per_sample * loader.dataset_size / 2**20:.1f} MiB in {folder}")
     return cache

@@ -233,10 +233,10 @@ class Stage:
         if mode == "off":
             return None
         features = t.speed.cache_features
-        why = cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled, features=features)
+        why = cache_refusal(self.loader, self.distiller, t.d.enabled, features=features)
         views = t.speed.cache_views
         if why is not None and views and hasattr(self.loader, "use_views") and \
-                cache_refusal(self.loader, self.distiller, t.data.kind, t.d.enabled, False, features) is None:
+                cache_refusal(self.loader, self.distiller, t.d.enabled, False, features) is None:
             self.loader.use_views(views)  # the augmentation was the only obstacle: replay k stored views of it
             why = None
             t.say(f"[{self.label}] teacher cache of {views} stored views per sample of the augmentation "

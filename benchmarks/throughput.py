@@ -39,12 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = sys.argv[sys.argv.index("--src") + 1] if "--src" in sys.argv else str(ROOT / "src")
 sys.path.insert(0, SRC)
 
-from hintdistill.config import StageConfig  # noqa: E402
+from hintdistill.config import SpeedConfig, StageConfig  # noqa: E402
 from hintdistill.data.classification import TensorLoader  # noqa: E402
 from hintdistill.data.task import TaskData  # noqa: E402
 from hintdistill.engine.distributed import Dist  # noqa: E402
 from hintdistill.engine.loop import Phase  # noqa: E402
 from hintdistill.engine.stage import PhaseTrainer, Stage  # noqa: E402
+from hintdistill.errors import ConfigError  # noqa: E402
 from hintdistill.models import build_model  # noqa: E402
 
 T, CE_W, KD_W = 4.0, 0.1, 0.9
@@ -313,6 +314,12 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
         stages["distilled_fused"] = (recipe.distill[0].model_dump(), [fused_copy(teacher)])
     except ImportError:
         pass
+    # without augmentation, where the teacher cache can hold the head maps (sources since 2026-12-07): the
+    # factor with the teacher run every step and with its maps read from the cache the warm-up epoch filled
+    plain = {"augment": [], "teacher_cache": "off"}
+    stages["alone_plain"] = ({**recipe.baseline.model_dump(), **plain}, [])
+    stages["distilled_plain"] = ({**recipe.distill[0].model_dump(), **plain}, [teacher])
+    stages["distilled_cached"] = ({**recipe.distill[0].model_dump(), "augment": [], "teacher_cache": "on"}, [teacher])
     built, seconds = {}, {label: [] for label in stages}
     with tempfile.TemporaryDirectory() as tmp:
         for label, (cfg, teachers) in stages.items():
@@ -321,9 +328,15 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
             cfg = StageConfig(**{**cfg, "name": label, "batch_size": 4, "epochs": 10**6, "bn_frozen_epochs": 0})
             student = instantiate(model_spec(recipe.student, data.model_defaults))
             trainer = PhaseTrainer(Phase(label, student, {"name": "yolo"}, [cfg], teachers), data, Path(tmp),
-                                   torch.device("cpu"), Dist(), 0, log=lambda _: None)
+                                   torch.device("cpu"), Dist(), 0, log=lambda _: None,
+                                   **({"speed": SpeedConfig(cache_features=True)} if label == "distilled_cached" else {}))
             built[label] = Stage(trainer, 0, cfg, teachers, 0)
-            built[label].build()
+            try:
+                built[label].build()
+            except ConfigError as e:  # a source without the detection cache
+                print(f"{label}: {e}", file=sys.stderr)
+                del built[label]
+                continue
             built[label].model = built[label].distiller
             built[label].run_epoch(0)  # warm-up
         for _ in range(rounds):  # interleaved: alone, distilled, distilled_fused, alone, ...
@@ -333,7 +346,7 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
                 seconds[label].append((time.perf_counter() - t0) / len(stage.loader))
         for stage in built.values():
             stage.close()
-    seconds = {k: statistics.median(v) for k, v in seconds.items()}
+    seconds = {k: statistics.median(v) for k, v in seconds.items() if v}
     before = Path(SRC).resolve() != (ROOT / "src").resolve()
     return {"workload": "bccd_yolo", "variant": "step_factor_before" if before else "step_factor",
             "image_size": image_size, "src": SRC,
@@ -341,7 +354,13 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
             "factor": round(seconds["distilled"] / seconds["alone"], 2),
             **({"fused_s_per_step": round(seconds["distilled_fused"], 3),
                 "factor_fused": round(seconds["distilled_fused"] / seconds["alone"], 2)}
-               if "distilled_fused" in seconds else {})}
+               if "distilled_fused" in seconds else {}),
+            **({"plain_alone_s_per_step": round(seconds["alone_plain"], 3),
+                "plain_distilled_s_per_step": round(seconds["distilled_plain"], 3),
+                "plain_cached_s_per_step": round(seconds["distilled_cached"], 3),
+                "factor_plain": round(seconds["distilled_plain"] / seconds["alone_plain"], 2),
+                "factor_cached": round(seconds["distilled_cached"] / seconds["alone_plain"], 2)}
+               if "distilled_cached" in seconds else {})}
 
 
 def main() -> None:
@@ -386,6 +405,11 @@ def table(rows: list[dict]) -> str:
             if "factor_fused" in r:
                 lines.append(f"| {r['workload']} | distilled/alone step, fuse_teacher_bn | {r['factor_fused']}x | | | "
                              f"{r['fused_s_per_step']} s |")
+            if "factor_cached" in r:
+                lines.append(f"| {r['workload']} | unaugmented: distilled/alone step | {r['factor_plain']}x | | | "
+                             f"{r['plain_distilled_s_per_step']} s vs {r['plain_alone_s_per_step']} s |")
+                lines.append(f"| {r['workload']} | unaugmented, teacher cache: distilled/alone step | "
+                             f"{r['factor_cached']}x | | | {r['plain_cached_s_per_step']} s |")
             continue
         note = r.get("skipped", "") or (f"{r['bytes_per_sample']:g} B/sample" if "bytes_per_sample" in r else "")
         lines.append(f"| {r['workload']} | {r['variant']} | {r.get('images_per_s', '-')} | "

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/throughput.py                 # full: batch 128, 3 rounds of 8 steps
     OMP_NUM_THREADS=1 python benchmarks/throughput.py --short         # a few dozen steps per variant
+    OMP_NUM_THREADS=1 python benchmarks/throughput.py --keep-freed-memory   # glibc's thresholds as `run` sets them
 
 Every variant of a workload lives in this one process, on the same model pair, random data, batch size and
 thread count. After one untimed warm-up epoch each, the variants run interleaved (A B C ... A B C ...), one
@@ -373,8 +374,17 @@ def main() -> None:
                    help="interleaved timed rounds per variant (default 5; 3 with --short): more rounds, a steadier median")
     p.add_argument("--steps", type=int, default=None,
                    help="steps per timed round (default 8; 6/3 with --short): longer rounds, less timer noise")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="fix glibc's malloc thresholds first, as `hintdistill run` does (speed.keep_freed_memory); "
+                        "every variant of the process then runs with them")
     a = p.parse_args()
     torch.set_num_threads(1)
+    allocator = "glibc defaults"
+    if a.keep_freed_memory:
+        from hintdistill.engine.memory import keep_freed_memory
+
+        allocator = keep_freed_memory()
+        print(allocator, flush=True)
     sizes = {"fmnist_cnn": (64, 6, 3), "cifar_resnet": (32, 3, 3)} if a.short else \
         {"fmnist_cnn": (128, 8, 5), "cifar_resnet": (128, 8, 5)}
     sizes = {k: (batch, a.steps or steps, a.rounds or rounds) for k, (batch, steps, rounds) in sizes.items()}
@@ -389,7 +399,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     meta = {"command": " ".join(["python benchmarks/throughput.py", *sys.argv[1:]]), "date": str(date.today()),
             "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
-            "threads": torch.get_num_threads(), "batch_steps_rounds": sizes}
+            "threads": torch.get_num_threads(), "batch_steps_rounds": sizes, "allocator": allocator}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps([{**row, "run": meta} for row in rows], indent=1) + "\n")
     print(table(rows))

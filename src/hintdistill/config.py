@@ -203,6 +203,10 @@ class SpeedConfig(Strict):
         "and the counts are read every check_every steps (engine/nonfinite.py)")
     check_every: int = Field(50, gt=0, description="steps between two reads of the deferred check's counts (and, "
                                                    "under DDP, of the stop signal)")
+    keep_freed_memory: bool = Field(
+        True, description="glibc's malloc keeps freed blocks up to 32 MiB for reuse instead of handing their pages "
+        "back and faulting them in again every step (a fifth of a small CNN's CPU step); the resident memory stays "
+        "near its peak. Set for the whole process by `hintdistill run` (engine/memory.py); no number changes")
 
 
 class Recipe(Strict):

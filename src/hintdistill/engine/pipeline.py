@@ -21,6 +21,7 @@ from .checkpoint import load_teacher, writing
 from .distributed import Dist, barrier, cleanup, init_distributed
 from .dryrun import dry_run
 from .loop import Phase, as_stage
+from .memory import keep_freed_memory
 from .stage import PhaseTrainer
 
 KEPT = ("Every checkpoint.pt and model.pt written so far is intact: rerunning loads the finished phases without "
@@ -59,6 +60,10 @@ def _run(recipe: Recipe, d: Dist, device: torch.device, log) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         record_recipe(run_dir, recipe_text, at_start=True)
         log(f"run folder: {run_dir}  device: {device}  processes: {d.world}")
+    if recipe.speed.keep_freed_memory:
+        said = keep_freed_memory()
+        if d.main:
+            log(said)
     data = build_data(recipe)
     # before any teacher trains: a student that cannot be built or predicts the wrong classes fails now
     student_cfg, wants_teacher_anchors = student_config(recipe)

@@ -321,6 +321,9 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
     stages["alone_plain"] = ({**recipe.baseline.model_dump(), **plain}, [])
     stages["distilled_plain"] = ({**recipe.distill[0].model_dump(), **plain}, [teacher])
     stages["distilled_cached"] = ({**recipe.distill[0].model_dump(), "augment": [], "teacher_cache": "on"}, [teacher])
+    # the recipe's stage with the teacher's forward in bf16 (speed.teacher_autocast, sources since 2026-12-07)
+    stages["distilled_bf16_teacher"] = (recipe.distill[0].model_dump(), [teacher])
+    speeds = {"distilled_cached": {"cache_features": True}, "distilled_bf16_teacher": {"teacher_autocast": "bf16"}}
     built, seconds = {}, {label: [] for label in stages}
     with tempfile.TemporaryDirectory() as tmp:
         for label, (cfg, teachers) in stages.items():
@@ -328,15 +331,15 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
             # (until 2026-12-07 "epochs": 1 made every timed epoch a BN-frozen one, for both stages)
             cfg = StageConfig(**{**cfg, "name": label, "batch_size": 4, "epochs": 10**6, "bn_frozen_epochs": 0})
             student = instantiate(model_spec(recipe.student, data.model_defaults))
-            trainer = PhaseTrainer(Phase(label, student, {"name": "yolo"}, [cfg], teachers), data, Path(tmp),
-                                   torch.device("cpu"), Dist(), 0, log=lambda _: None,
-                                   **({"speed": SpeedConfig(cache_features=True)} if label == "distilled_cached" else {}))
-            built[label] = Stage(trainer, 0, cfg, teachers, 0)
             try:
+                trainer = PhaseTrainer(Phase(label, student, {"name": "yolo"}, [cfg], teachers), data, Path(tmp),
+                                       torch.device("cpu"), Dist(), 0, log=lambda _: None,
+                                       **({"speed": SpeedConfig(**speeds[label])} if label in speeds else {}))
+                built[label] = Stage(trainer, 0, cfg, teachers, 0)
                 built[label].build()
-            except ConfigError as e:  # a source without the detection cache
+            except (ConfigError, ValueError) as e:  # a source without the detection cache or teacher_autocast
                 print(f"{label}: {e}", file=sys.stderr)
-                del built[label]
+                built.pop(label, None)
                 continue
             built[label].model = built[label].distiller
             built[label].run_epoch(0)  # warm-up
@@ -361,7 +364,10 @@ def yolo_step_factor(steps: int, image_size: int, rounds: int = 3) -> dict:
                 "plain_cached_s_per_step": round(seconds["distilled_cached"], 3),
                 "factor_plain": round(seconds["distilled_plain"] / seconds["alone_plain"], 2),
                 "factor_cached": round(seconds["distilled_cached"] / seconds["alone_plain"], 2)}
-               if "distilled_cached" in seconds else {})}
+               if "distilled_cached" in seconds else {}),
+            **({"bf16_teacher_s_per_step": round(seconds["distilled_bf16_teacher"], 3),
+                "factor_bf16_teacher": round(seconds["distilled_bf16_teacher"] / seconds["alone"], 2)}
+               if "distilled_bf16_teacher" in seconds else {})}
 
 
 def main() -> None:
@@ -415,6 +421,9 @@ def table(rows: list[dict]) -> str:
             if "factor_fused" in r:
                 lines.append(f"| {r['workload']} | distilled/alone step, fuse_teacher_bn | {r['factor_fused']}x | | | "
                              f"{r['fused_s_per_step']} s |")
+            if "factor_bf16_teacher" in r:
+                lines.append(f"| {r['workload']} | distilled/alone step, teacher_autocast bf16 | "
+                             f"{r['factor_bf16_teacher']}x | | | {r['bf16_teacher_s_per_step']} s |")
             if "factor_cached" in r:
                 lines.append(f"| {r['workload']} | unaugmented: distilled/alone step | {r['factor_plain']}x | | | "
                              f"{r['plain_distilled_s_per_step']} s vs {r['plain_alone_s_per_step']} s |")

@@ -146,6 +146,31 @@ def test_speed_options_channels_last_and_bf16_autocast(tmp_path, small_cnn):
         train(tmp_path, small_cnn, "fp16", autocast="fp16", epochs=1)
 
 
+def test_teacher_autocast_rounds_only_the_teachers_and_keys_the_cache(tmp_path, small_cnn):
+    from hintdistill.distiller import Distiller
+    from hintdistill.terms.logits import SoftTargetKD
+
+    student, teacher = small_cnn((4, 8), seed=0), small_cnn((8, 16), seed=1)
+    x = torch.randn(6, 1, 16, 16)
+    exact = Distiller(student, teacher, {"kd": (SoftTargetKD(4.0), 1.0)}, example_inputs=x[:2])
+    low = Distiller(student, teacher, {"kd": (SoftTargetKD(4.0), 1.0)}, example_inputs=x[:2],
+                    teacher_autocast=torch.bfloat16)
+    ref, got = exact.teacher_outputs(x)[0]["logits"], low.teacher_outputs(x)[0]["logits"]
+    # float32 again, an ordinary tensor (a term may save it for backward), rounded through bf16
+    assert got.dtype == torch.float32 and not got.is_inference() and not torch.equal(got, ref)
+    torch.testing.assert_close(got, ref, atol=0.05 * ref.abs().max().item(), rtol=0)
+    _, losses = low(x)
+    assert losses["kd"].dtype == torch.float32 and torch.isfinite(losses["loss"])
+    # a run with it trains (loss within bf16's rounding of the exact run's) and writes its own cache file
+    shared = tmp_path / "cache"
+    _, ref_losses, _ = train(tmp_path, small_cnn, "exact", epochs=1, cache_dir=str(shared))
+    _, bf16_losses, _ = train(tmp_path, small_cnn, "bf16", epochs=1, cache_dir=str(shared), teacher_autocast="bf16")
+    assert bf16_losses != ref_losses and abs(bf16_losses[0] / ref_losses[0] - 1) < 0.02
+    assert len(list(shared.glob("*.json"))) == 2
+    with pytest.raises(ConfigError, match="teacher_autocast: fp16 needs a CUDA device"):
+        train(tmp_path, small_cnn, "fp16", teacher_autocast="fp16", epochs=1)
+
+
 def test_stored_views_replay_each_samples_augmentation_every_k_epochs():
     from hintdistill.data.classification import TensorLoader
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from operator import attrgetter
 from typing import Any
 
@@ -46,11 +47,13 @@ class Distiller(nn.Module):
 
     def __init__(self, student: nn.Module, teachers: nn.Module | Sequence[nn.Module] | None,
                  terms: dict[str, tuple[Term, Weight]], example_inputs: Any | None = None,
-                 on_nonfinite: str = "raise"):
+                 on_nonfinite: str = "raise", teacher_autocast: torch.dtype | None = None):
         super().__init__()
         if on_nonfinite not in NONFINITE_MODES:
             raise HintDistillError(f"on_nonfinite='{on_nonfinite}': choose one of {', '.join(NONFINITE_MODES)}")
         self.on_nonfinite = on_nonfinite
+        # the teachers' forward alone in this lower precision (their outputs come back as float32)
+        self.teacher_autocast = teacher_autocast
         if teachers is None:
             teachers = []
         elif isinstance(teachers, nn.Module):
@@ -121,9 +124,10 @@ class Distiller(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def teacher_outputs(self, inputs: Any) -> list[Outputs]:
-        """Every teacher's Outputs, computed under ``torch.inference_mode`` (no autograd bookkeeping at all)."""
+        """Every teacher's Outputs, computed under ``torch.inference_mode`` (no autograd bookkeeping at all), and
+        with ``teacher_autocast`` under autocast to that dtype (the outputs returned as float32)."""
         outs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self.teacher_precision():
             for teacher, taps, modules in zip(self.teachers, self.teacher_taps, self._teacher_modules, strict=True):
                 # A user's loop may have called .train() on the teacher or on any of its submodules
                 # (the root's flag alone does not tell), so every module's flag is checked on every call.
@@ -132,7 +136,17 @@ class Distiller(nn.Module):
                 outs.append(taps.run(inputs, stop_early=self.stop_early and self._ready))
         # Inference tensors cannot be saved for the student's backward (a hint's MSE saves its target):
         # a clone outside inference mode is an ordinary tensor, and costs far less than the forward.
-        return [{k: v.clone() for k, v in out.items()} for out in outs]
+        if self.teacher_autocast is None:
+            return [{k: v.clone() for k, v in out.items()} for out in outs]
+        return [{k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone() for k, v in out.items()}
+                for out in outs]
+
+    def teacher_precision(self):
+        """Autocast to ``teacher_autocast`` on the teachers' device, or nothing."""
+        if self.teacher_autocast is None:
+            return nullcontext()
+        first = next(iter(self.teachers.parameters()), None)
+        return torch.autocast(first.device.type if first is not None else "cpu", dtype=self.teacher_autocast)
 
     def forward(self, inputs: Any, targets: Any = None,
                 teacher_outputs: list[Outputs] | None = None) -> tuple[Outputs, dict[str, torch.Tensor]]:

@@ -325,7 +325,10 @@ def open_teacher_cache(folder: Path, loader, distiller, example, dtype: str, top
         raise ValueError(f"teacher outputs {[sorted(o) for o in probe]}: the cache holds every teacher's 'logits' "
                          f"or detection head maps ('head:'), and with features their 'feat:' entries")
     orders = [{k: sample_order(v) for k, v in out.items() if k != "logits"} for out in probe]
-    key = cache_key(list(distiller.teachers), loader.cache_identity(), dtype, topk, extra, orders)
+    identity = loader.cache_identity()
+    if getattr(distiller, "teacher_autocast", None) is not None:  # the teachers' outputs rounded through it
+        identity += f" teachers under autocast {distiller.teacher_autocast}"
+    key = cache_key(list(distiller.teachers), identity, dtype, topk, extra, orders)
     num_classes = probe[0]["logits"].shape[1] if all(logits) else None
     cache = TeacherCache(folder, key, loader.dataset_size, len(probe), num_classes, dtype, topk, log, extra, orders)
     if any(extra):

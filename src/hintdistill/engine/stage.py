@@ -172,7 +172,7 @@ class Stage:
         # detection terms read the heads (strides, anchors, decoding) of these models, not the task's
         context = heads_context(t.data.context, self.student, self.teachers)
         self.distiller = Distiller(self.student, self.teachers, build_terms(cfg.terms, context),
-                                   example_inputs=example)
+                                   example_inputs=example, teacher_autocast=self.teacher_autocast())
         self.distiller.to(device)
         set_trainable(self.student, cfg, self.distiller, example)
         # what the optimizer steps, listed once: walking the modules for it every step cost 0.5 ms (RESULTS.md)
@@ -189,6 +189,13 @@ class Stage:
             self.distiller.on_nonfinite = "ignore"  # its host checks are the guard's device flag now
         if cfg.ema is not None:
             self.ema = WeightAverage(self.student, cfg.ema)
+
+    def teacher_autocast(self) -> torch.dtype | None:
+        """The dtype of ``speed.teacher_autocast`` (None: off)."""
+        mode = self.trainer.speed.teacher_autocast
+        if mode == "fp16" and self.trainer.device.type != "cuda":
+            raise ConfigError("speed.teacher_autocast: fp16 needs a CUDA device; on a CPU use bf16 (or off)")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
 
     def apply_speed_options(self) -> None:
         """channels_last and torch.compile, where the recipe's speed block asks for them (and the teachers' fused

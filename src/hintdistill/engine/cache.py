@@ -298,8 +298,8 @@ def cache_refusal(loader, distiller, distributed: bool, augment: bool = True,
         return "no term reads the teachers"
     tapped = sorted({n for taps in distiller.teacher_taps for n in taps.names})
     if tapped and not features:
-        return (f"the terms read teacher features ({', '.join(tapped)}); only logits (a detector's head "
-                f"maps) are cached unless speed.cache_features: true")
+        return (f"the terms read teacher features ({', '.join(tapped)}); only logits and a detector's head "
+                f"maps are cached unless speed.cache_features: true")
     if not hasattr(loader, "cache_identity"):
         return (f"the training loader ({type(loader).__name__}) does not expose each batch's sample indices "
                 f"(the built-in in-memory data sets do)")

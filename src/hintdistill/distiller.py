@@ -136,10 +136,10 @@ class Distiller(nn.Module):
                 outs.append(taps.run(inputs, stop_early=self.stop_early and self._ready))
         # Inference tensors cannot be saved for the student's backward (a hint's MSE saves its target):
         # a clone outside inference mode is an ordinary tensor, and costs far less than the forward.
-        if self.teacher_autocast is None:
-            return [{k: v.clone() for k, v in out.items()} for out in outs]
-        return [{k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone() for k, v in out.items()}
-                for out in outs]
+        # Under teacher_autocast the copy is also the cast back to float32.
+        up = self.teacher_autocast is not None
+        return [{k: v.to(torch.float32, copy=True) if up and v.is_floating_point() else v.clone()
+                 for k, v in out.items()} for out in outs]
 
     def teacher_precision(self):
         """Autocast to ``teacher_autocast`` on the teachers' device, or nothing."""

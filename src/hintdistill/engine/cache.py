@@ -122,6 +122,9 @@ class TeacherCache:
         given = orders or [{} for _ in self.features]
         self.orders = [{k: tuple(o.get(k, range(len(shape)))) for k, shape in f.items()}
                        for f, o in zip(self.features, given, strict=True)]
+        # the permutations of a batch tensor into the stored order and back, worked out once
+        self._to_stored = [{k: (0, *(1 + d for d in o)) for k, o in f.items()} for f in self.orders]
+        self._from_stored = [{k: (0, *(1 + int(d) for d in np.argsort(o))) for k, o in f.items()} for f in self.orders]
         self.dtype = np.dtype(dtype)
         self.header_path = self.folder / f"{key}.json"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -250,8 +253,7 @@ class TeacherCache:
                 out["logits"] = logits.to(device, non_blocking=True)
         for i, feats in enumerate(self.features):
             for k in feats:
-                back = [0] + [1 + d for d in np.argsort(self.orders[i][k])]  # stored order -> the tensor's dims
-                rows = torch.from_numpy(self.arrays[f"{i}/{k}"][idx]).float().permute(back)
+                rows = torch.from_numpy(self.arrays[f"{i}/{k}"][idx]).float().permute(self._from_stored[i][k])
                 outs[i][k] = rows.to(device, non_blocking=True)
         return outs
 
@@ -272,7 +274,7 @@ class TeacherCache:
                     self.values[idx, i] = values.numpy().astype(self.dtype)
                     self.classes[idx, i] = classes.numpy()
             for k in self.features[i]:
-                stored = out[k].detach().permute(0, *(1 + d for d in self.orders[i][k]))
+                stored = out[k].detach().permute(self._to_stored[i][k])
                 self.arrays[f"{i}/{k}"][idx] = stored.float().cpu()[rows].numpy().astype(self.dtype)
         self.filled[idx] = True
 
@@ -326,7 +328,7 @@ def open_teacher_cache(folder: Path, loader, distiller, example, dtype: str, top
                          f"or detection head maps ('head:'), and with features their 'feat:' entries")
     orders = [{k: sample_order(v) for k, v in out.items() if k != "logits"} for out in probe]
     identity = loader.cache_identity()
-    if getattr(distiller, "teacher_autocast", None) is not None:  # the teachers' outputs rounded through it
+    if distiller.teacher_autocast is not None:  # the teachers' outputs rounded through it
         identity += f" teachers under autocast {distiller.teacher_autocast}"
     key = cache_key(list(distiller.teachers), identity, dtype, topk, extra, orders)
     num_classes = probe[0]["logits"].shape[1] if all(logits) else None

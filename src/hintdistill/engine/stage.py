@@ -191,11 +191,13 @@ class Stage:
             self.ema = WeightAverage(self.student, cfg.ema)
 
     def teacher_autocast(self) -> torch.dtype | None:
-        """The dtype of ``speed.teacher_autocast`` (None: off)."""
-        mode = self.trainer.speed.teacher_autocast
-        if mode == "fp16" and self.trainer.device.type != "cuda":
-            raise ConfigError("speed.teacher_autocast: fp16 needs a CUDA device; on a CPU use bf16 (or off)")
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        """The dtype of ``speed.teacher_autocast`` (None: off), once both precision options are checked: fp16
+        needs CUDA."""
+        speed = self.trainer.speed
+        for name in ("autocast", "teacher_autocast"):
+            if getattr(speed, name) == "fp16" and self.trainer.device.type != "cuda":
+                raise ConfigError(f"speed.{name}: fp16 needs a CUDA device; on a CPU use bf16 (or off)")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(speed.teacher_autocast)
 
     def apply_speed_options(self) -> None:
         """channels_last and torch.compile, where the recipe's speed block asks for them (and the teachers' fused
@@ -207,8 +209,6 @@ class Stage:
                 raise ConfigError(f"speed.fuse_teacher_bn folds the batch norm into {', '.join(folded)}, which a "
                                   f"term taps on the teacher: it would read the normalised output. Tap the batch "
                                   f"norm (or the block) instead, or set fuse_teacher_bn: false.")
-        if speed.autocast == "fp16" and self.trainer.device.type != "cuda":
-            raise ConfigError("speed.autocast: fp16 needs a CUDA device; on a CPU use bf16 (or off)")
         if speed.channels_last:
             for model in [self.student, *self.teachers]:
                 model.to(memory_format=torch.channels_last)
